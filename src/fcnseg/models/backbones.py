@@ -1,0 +1,1 @@
+"""FCN heads over modern timm encoders (filled in by the pretrained-encoder work)."""

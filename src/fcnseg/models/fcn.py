@@ -1,0 +1,189 @@
+"""FCN heads: score layers, bilinear upsampling and skip fusion (arXiv:1411.4038, sections 3.3 and 4.2).
+
+``FCN`` puts the paper's head on any encoder that returns named features with known coordinate maps:
+``fc7`` (stride 32, the input of ``score_fr``), and for the skip nets ``pool4`` (stride 16) and ``pool3``
+(stride 8). Layer names are the reference's: ``score_fr``, ``upscore2``, ``score_pool4``, ``upscore_pool4``,
+``score_pool3`` and the final ``upscore`` (32s), ``upscore16`` (16s) or ``upscore8`` (8s).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .geometry import CoordMap, crop_offset, layer_map
+
+__all__ = ["FCN", "BilinearUpsample", "bilinear_kernel", "Encoder"]
+
+
+class Encoder(Protocol):
+    """What ``FCN`` needs of a trunk: named features, their channels and their coordinate maps."""
+
+    def __call__(self, x: Tensor) -> dict[str, Tensor]: ...
+    @property
+    def out_channels(self) -> dict[str, int]: ...
+    def coord_maps(self) -> dict[str, CoordMap]: ...
+
+
+def bilinear_kernel(size: int) -> Tensor:
+    """2-D bilinear interpolation kernel of side ``size`` (the reference's ``upsample_filt``), (size, size)."""
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    og = torch.arange(size, dtype=torch.float64)
+    filt = 1 - (og - center).abs() / factor
+    return torch.outer(filt, filt).float()
+
+
+class BilinearUpsample(nn.Module):
+    """Transposed convolution initialised to bilinear interpolation, class by class (section 3.3).
+
+    Frozen (the reference's choice, ``learnable=False``) it is applied as a depthwise transposed convolution:
+    the dense ``channels x channels`` kernel is zero off the diagonal, so computing only the diagonal gives
+    the same output for a fraction of the work and holds no parameters. Learnable, it is the full dense
+    kernel initialised to the same diagonal, as in the reference's learnable variant.
+    """
+
+    is_transposed = True  # for geometry.layer_map
+
+    def __init__(self, channels: int, factor: int, kernel_size: int, *, learnable: bool = False):
+        super().__init__()
+        self.channels, self.stride, self.kernel_size, self.padding = channels, factor, kernel_size, 0
+        self.learnable = learnable
+        k = bilinear_kernel(kernel_size)
+        if learnable:
+            w = torch.zeros(channels, channels, kernel_size, kernel_size)
+            w[range(channels), range(channels)] = k
+            self.weight = nn.Parameter(w)
+        else:
+            self.register_buffer("weight", k.expand(channels, 1, -1, -1).clone(), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        groups = 1 if self.learnable else self.channels
+        return F.conv_transpose2d(x, self.weight.to(x.dtype), stride=self.stride, groups=groups)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.channels}, factor={self.stride}, kernel_size={self.kernel_size}, learnable={self.learnable}"
+        )
+
+
+def _upsample_for(channels: int, factor: int, source: CoordMap, target: CoordMap, learnable: bool
+                  ) -> BilinearUpsample:
+    """The reference's kernel 2*factor, or 2*factor-1 where 2*factor would align between pixels.
+
+    VGG's maps make 2f align on whole pixels (offsets 19, 27, 31...); AlexNet's and modern encoders' do not,
+    and the odd kernel (the reference FCN-AlexNet's 63 for stride 32) does.
+    """
+    for k in (2 * factor, 2 * factor - 1):
+        up = BilinearUpsample(channels, factor, k, learnable=learnable)
+        shift = source.then(layer_map(up)).shift - target.shift
+        if shift.denominator == 1:
+            return up
+    raise ValueError(f"no bilinear kernel for factor {factor} aligns {source} with {target} on whole pixels")
+
+
+def _crop(x: Tensor, offset: int, like: Tensor) -> Tensor:
+    return x[:, :, offset : offset + like.shape[2], offset : offset + like.shape[3]]
+
+
+class FCN(nn.Module):
+    """FCN-32s, FCN-16s or FCN-8s over ``encoder``; returns logits (N, num_classes, H, W) at input size.
+
+    Args:
+        encoder: a trunk returning ``fc7`` (and ``pool4``, ``pool3`` for strides 16 and 8).
+        num_classes: number of output classes.
+        stride: 32, 16 or 8: the finest feature the prediction fuses (section 4.2).
+        learnable_upsampling: learn the upsampling kernels (the reference freezes them).
+        skip_scales: multipliers on ``pool4`` and ``pool3`` before their score layers; the reference's
+            at-once FCN-8s uses (0.01, 0.0001) so the skips start small relative to fc7.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_classes: int,
+        stride: Literal[32, 16, 8] = 32,
+        *,
+        learnable_upsampling: bool = False,
+        skip_scales: tuple[float, float] = (1.0, 1.0),
+    ):
+        super().__init__()
+        if stride not in (32, 16, 8):
+            raise ValueError(f"stride must be 32, 16 or 8, not {stride}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, not {num_classes}")
+        self.encoder = encoder
+        self.num_classes, self.fcn_stride, self.skip_scales = num_classes, stride, skip_scales
+        chans, maps = encoder.out_channels, encoder.coord_maps()
+        learn = learnable_upsampling
+        self.score_fr = nn.Conv2d(chans["fc7"], num_classes, 1)
+        score_layers = [self.score_fr]
+        # Crop offsets, keyed by the name of the layer whose output is cropped.
+        self.offsets: dict[str, int] = {}
+        m = maps["fc7"]
+        skips = (("pool4", "score_pool4", "upscore2"), ("pool3", "score_pool3", "upscore_pool4"))
+        for skip, score_name, up_name in skips[: {32: 0, 16: 1, 8: 2}[stride]]:
+            score = nn.Conv2d(chans[skip], num_classes, 1)
+            self.add_module(score_name, score)
+            score_layers.append(score)
+            up = _upsample_for(num_classes, 2, m, maps[skip], learn)
+            self.add_module(up_name, up)
+            m_up = m.then(layer_map(up))
+            if m_up.shift >= maps[skip].shift:  # the upsampled map is larger: crop it to the skip
+                self.offsets[up_name] = crop_offset(m_up, maps[skip])
+                m = maps[skip]
+            else:  # the skip is larger (VGG's padded trunk): crop it to the upsampled map
+                self.offsets[score_name] = crop_offset(maps[skip], m_up)
+                m = m_up
+        final = {32: "upscore", 16: "upscore16", 8: "upscore8"}[stride]
+        up = _upsample_for(num_classes, stride, m, CoordMap(), learn)  # stride -> input resolution
+        self.add_module(final, up)
+        self.final_name = final
+        self.offsets[final] = crop_offset(m.then(layer_map(up)), CoordMap())
+        for layer in score_layers:  # the reference starts the score layers at zero
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        feats = self.encoder(x)
+        h = self.score_fr(feats["fc7"])  # (N, K, H/32 + pad, W/32 + pad)
+        if self.fcn_stride <= 16:
+            h = self._fuse(h, self._scaled(feats["pool4"], 0), "score_pool4", "upscore2")
+        if self.fcn_stride == 8:
+            h = self._fuse(h, self._scaled(feats["pool3"], 1), "score_pool3", "upscore_pool4")
+        h = getattr(self, self.final_name)(h)
+        return _crop(h, self.offsets[self.final_name], x)  # (N, K, H, W)
+
+    def _scaled(self, x: Tensor, i: int) -> Tensor:
+        return x if self.skip_scales[i] == 1.0 else x * self.skip_scales[i]
+
+    def _fuse(self, h: Tensor, skip: Tensor, score_name: str, up_name: str) -> Tensor:
+        up = getattr(self, up_name)(h)
+        s = getattr(self, score_name)(skip)
+        if score_name in self.offsets:
+            s = _crop(s, self.offsets[score_name], up)
+        else:
+            up = _crop(up, self.offsets[up_name], s)
+        return up + s
+
+    def init_from(self, state_dict: dict[str, Tensor]) -> tuple[list[str], list[str]]:
+        """Staged initialisation (section 4.2): copy every tensor whose name and shape match.
+
+        FCN-16s starts from a trained FCN-32s and FCN-8s from a trained FCN-16s: the trunk and the score
+        layers they share are copied by name; the new score layer stays at zero and the new upsampling
+        bilinear. Returns (copied names, names of this model left as initialised).
+        """
+        own = self.state_dict()
+        copied, kept = [], []
+        with torch.no_grad():
+            for name, t in own.items():
+                src = state_dict.get(name)
+                if src is not None and src.shape == t.shape:
+                    t.copy_(src)
+                    copied.append(name)
+                else:
+                    kept.append(name)
+        return copied, kept

@@ -1,0 +1,161 @@
+"""Registry-wide model tests (tiny channel widths, the paper's exact layer graph) and crop geometry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY
+
+from fcnseg.models import FCN, BilinearUpsample, bilinear_kernel, build, list_models
+
+PAPER_NETS = ["fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce", "fcn_alexnet"]
+
+# A spread of sizes from 1 to 1024 pixels a side: tiny, odd, around the strides, large.
+SIZES = [(1, 1), (2, 3), (5, 5), (7, 16), (31, 32), (33, 33), (63, 65), (100, 37), (127, 1), (224, 224),
+         (257, 255), (333, 500), (375, 500), (511, 97), (1023, 17), (1024, 1024)]
+
+
+def tiny(name: str, **kw) -> FCN:
+    return build(name, width=TINY, **kw).eval()
+
+
+def test_registry_lists_the_paper_nets():
+    assert set(PAPER_NETS) <= set(list_models())
+    with pytest.raises(ValueError, match="unknown model 'fcn4s'"):
+        build("fcn4s")
+
+
+@pytest.mark.parametrize(
+    "name, offsets",
+    [
+        ("fcn32s", {"upscore": 19}),
+        ("fcn16s", {"score_pool4": 5, "upscore16": 27}),
+        ("fcn8s", {"score_pool4": 5, "score_pool3": 9, "upscore8": 31}),
+        ("fcn8s_atonce", {"score_pool4": 5, "score_pool3": 9, "upscore8": 31}),
+        ("fcn_alexnet", {"upscore": 18}),
+    ],
+)
+def test_crop_offsets_equal_the_reference(name, offsets):
+    # Full-size networks on the meta device: the offsets come from the layers, and no memory is spent.
+    with torch.device("meta"):
+        model = build(name)
+    assert model.offsets == offsets
+
+
+def test_alexnet_upsampling_kernel_is_63():
+    with torch.device("meta"):
+        assert build("fcn_alexnet").upscore.kernel_size == 63
+        assert build("fcn32s").upscore.kernel_size == 64
+
+
+@pytest.mark.parametrize("name", PAPER_NETS)
+def test_output_size_equals_input_size(name):
+    model = tiny(name)
+    with torch.no_grad():
+        for h, w in SIZES:
+            y = model(torch.randn(1, 3, h, w))
+            assert y.shape == (1, 21, h, w), (h, w)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_backward(name):
+    model = tiny(name, num_classes=5).train()
+    # Score layers start at zero (as in the reference), which blocks gradients to the trunk;
+    # give them values so that every parameter's gradient can be checked.
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.startswith("score"):
+                p.normal_(0, 0.1)
+    x = torch.randn(2, 3, 45, 61)
+    y = model(x)
+    assert y.shape == (2, 5, 45, 61)
+    assert torch.isfinite(y).all()
+    y.square().mean().backward()
+    for n, p in model.named_parameters():
+        assert p.grad is not None, n
+        assert torch.isfinite(p.grad).all(), n
+        assert p.grad.abs().sum() > 0, f"{n} received a zero gradient"
+    # Frozen upsampling holds no parameters at all and no gradient flows into it.
+    ups = [m for m in model.modules() if isinstance(m, BilinearUpsample)]
+    assert ups and all(not m.learnable and not list(m.parameters()) for m in ups)
+    assert all(not m.weight.requires_grad for m in ups)
+
+
+def test_learnable_upsampling_gets_gradients():
+    model = tiny("fcn8s", num_classes=3, learnable_upsampling=True)
+    with torch.no_grad():
+        model.score_fr.weight.normal_()
+    model(torch.randn(1, 3, 40, 40)).sum().backward()
+    for name in ("upscore2", "upscore_pool4", "upscore8"):
+        w = getattr(model, name).weight
+        assert w.requires_grad and w.grad is not None and w.grad.abs().sum() > 0
+
+
+def test_score_layers_start_at_zero():
+    model = tiny("fcn8s")
+    for name in ("score_fr", "score_pool4", "score_pool3"):
+        layer = getattr(model, name)
+        assert layer.weight.abs().sum() == 0 and layer.bias.abs().sum() == 0
+    assert model(torch.randn(1, 3, 50, 50)).abs().sum() == 0
+
+
+def test_bilinear_kernel_values():
+    # upsample_filt(4): factor 2, centre 1.5 -> [0.25, 0.75, 0.75, 0.25] per axis.
+    k = bilinear_kernel(4)
+    expected_1d = torch.tensor([0.25, 0.75, 0.75, 0.25])
+    torch.testing.assert_close(k, torch.outer(expected_1d, expected_1d))
+    # Odd size 3: factor 2, centre 1 -> [0.5, 1, 0.5].
+    torch.testing.assert_close(bilinear_kernel(3)[1], torch.tensor([0.5, 1.0, 0.5]))
+
+
+@pytest.mark.parametrize("channels", [1, 21, 150])
+def test_depthwise_upsampling_equals_dense(channels):
+    frozen = BilinearUpsample(channels, 8, 16)
+    dense = BilinearUpsample(channels, 8, 16, learnable=True)
+    assert dense.weight.shape == (channels, channels, 16, 16)
+    x = torch.randn(2, channels, 9, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(x), dense(x), atol=1e-5, rtol=0)
+
+
+def test_upsampling_interpolates_linearly():
+    # Inside the image, 2x bilinear upsampling of a linear ramp is a linear ramp at half the slope.
+    up = BilinearUpsample(1, 2, 4)
+    x = torch.arange(8.0).reshape(1, 1, 1, 8).expand(1, 1, 8, 8)
+    y = up(x)[0, 0, 5, 2:-2]
+    torch.testing.assert_close(y[1:] - y[:-1], torch.full((y.numel() - 1,), 0.5))
+
+
+def test_any_number_of_classes_and_channels():
+    model = tiny("fcn8s", num_classes=2, in_channels=4)  # RGB-D in, binary out
+    assert model(torch.randn(1, 4, 37, 41)).shape == (1, 2, 37, 41)
+    with pytest.raises(ValueError, match="num_classes"):
+        tiny("fcn32s", num_classes=0)
+
+
+def test_atonce_scales_the_skips():
+    plain, atonce = tiny("fcn8s"), tiny("fcn8s_atonce")
+    atonce.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        for m in (plain, atonce):
+            m.score_pool3.weight.fill_(1.0)
+    x = torch.randn(1, 3, 64, 64)
+    # Only the pool3 path is non-zero: at-once output = 1e-4 x staged output.
+    torch.testing.assert_close(atonce(x), plain(x) * 1e-4, rtol=1e-4, atol=1e-7)
+
+
+def test_staged_initialisation():
+    f32 = tiny("fcn32s")
+    with torch.no_grad():
+        for p in f32.parameters():
+            p.normal_()
+    f16 = tiny("fcn16s")
+    copied, kept = f16.init_from(f32.state_dict())
+    assert set(kept) == {"score_pool4.weight", "score_pool4.bias"}
+    assert "score_fr.weight" in copied and "encoder.fc7.weight" in copied
+    torch.testing.assert_close(f16.score_fr.weight, f32.score_fr.weight)
+    assert f16.score_pool4.weight.abs().sum() == 0
+    f8 = tiny("fcn8s")
+    _, kept8 = f8.init_from(f16.state_dict())
+    assert set(kept8) == {"score_pool3.weight", "score_pool3.bias"}
+    torch.testing.assert_close(f8.encoder.conv1_1.weight, f32.encoder.conv1_1.weight)
