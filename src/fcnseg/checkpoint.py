@@ -1,0 +1,111 @@
+"""Self-describing checkpoints: everything ``eval`` and ``predict`` need is in the file.
+
+A checkpoint is a dict saved with ``torch.save``::
+
+    format: "fcnseg"          version: 1
+    model: {"name": registry name, "args": factory kwargs}
+    state_dict: model weights
+    classes: class names       palette: [[r, g, b], ...] per class    ignore_index: int
+    normalization: Normalization.to_dict()
+    config: the resolved training config (dict) or None
+    train_state: optimiser, scheduler, step, epoch, sampler position, RNG states (optional)
+    metrics: the latest validation metrics (optional)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .models import build
+from .normalization import Normalization, get_normalization
+
+__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "CheckpointError"]
+
+FORMAT, VERSION = "fcnseg", 1
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable fcnseg checkpoint; the message names the file."""
+
+
+@dataclass
+class Checkpoint:
+    """The description of a trained model; ``build_model()`` rebuilds it with its weights."""
+
+    model_name: str
+    model_args: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    classes: list[str]
+    palette: list[tuple[int, int, int]]
+    normalization: Normalization
+    ignore_index: int = 255
+    config: dict[str, Any] | None = None
+    train_state: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def build_model(self, *, strict: bool = True) -> nn.Module:
+        """The model with its weights, in eval mode. ``pretrained`` is never re-fetched: the weights are here."""
+        args = {k: v for k, v in self.model_args.items() if k != "pretrained"}
+        model = build(self.model_name, **args)
+        model.load_state_dict(self.state_dict, strict=strict)
+        return model.eval()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "version": VERSION,
+            "model": {"name": self.model_name, "args": self.model_args},
+            "state_dict": self.state_dict, "classes": list(self.classes),
+            "palette": [list(map(int, c)) for c in self.palette],
+            "normalization": self.normalization.to_dict(), "ignore_index": self.ignore_index,
+            "config": self.config, "train_state": self.train_state, "metrics": self.metrics,
+            "extra": self.extra,
+        }
+
+
+def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike[str]) -> Path:
+    """Write atomically (temporary file, then rename): an interrupted save never leaves a broken file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(ckpt.to_dict(), tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`; errors name the file and what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        # Our checkpoints hold only tensors and plain containers; weights_only keeps loading safe.
+        d = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same to the user
+        raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {e})") from e
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not an fcnseg checkpoint (no format={FORMAT!r} field); "
+            "convert foreign weights with `fcnseg convert`"
+        )
+    if d.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {d['version']}; this fcnseg reads up to {VERSION}")
+    return Checkpoint(
+        model_name=d["model"]["name"], model_args=dict(d["model"]["args"]), state_dict=d["state_dict"],
+        classes=list(d["classes"]), palette=[tuple(c) for c in d["palette"]],
+        normalization=get_normalization(d["normalization"]), ignore_index=int(d.get("ignore_index", 255)),
+        config=d.get("config"), train_state=d.get("train_state"), metrics=d.get("metrics"),
+        extra=d.get("extra") or {},
+    )
