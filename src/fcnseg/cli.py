@@ -1,0 +1,180 @@
+"""``fcnseg train | eval | predict | export | convert | models``: argparse over the library functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import MISSING, fields
+from typing import Any
+
+from .config import TrainConfig
+
+# Train flags are generated from TrainConfig, so the dataclass stays the one source of defaults.
+_FLAG_HELP = {
+    "data_root": "dataset folder (default: $FCNSEG_DATA/<dataset>)",
+    "model_args": "extra model factory argument KEY=VALUE (repeatable), e.g. --model-arg pretrained=true",
+    "init_from": "checkpoint to initialise from by layer name (staged 32s -> 16s -> 8s)",
+}
+
+
+def _parse_value(v: str) -> Any:
+    try:
+        return json.loads(v)
+    except json.JSONDecodeError:
+        return v
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model", description="Train an FCN. Flags override --config "
+                       "(YAML/JSON), which overrides the --recipe preset, which overrides the defaults.")
+    p.add_argument("--config", help="YAML or JSON file of TrainConfig keys")
+    p.add_argument("--out", dest="out_dir", help="run folder (checkpoints, log.jsonl, tensorboard/, config.json)")
+    p.add_argument("--data", dest="data_root", help=_FLAG_HELP["data_root"])
+    for f in fields(TrainConfig):
+        if f.name in ("out_dir", "data_root"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        hint = _FLAG_HELP.get(f.name, f"default: {default!r}" if default is not None else "")
+        if f.name == "model_args":
+            p.add_argument("--model-arg", dest="model_args", action="append", metavar="KEY=VALUE", help=hint)
+        elif f.type in ("bool", bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=hint)
+        else:
+            typ = {"int": int, "float": float}.get(str(f.type), str)
+            p.add_argument(flag, type=typ, default=None, help=hint)
+    p.add_argument("--pretrained", action="store_true", help="shortcut for --model-arg pretrained=true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="the paper's four metrics of a checkpoint on a split")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--dataset", help="voc, sbd, camvid, folder (default: the checkpoint's)")
+    p.add_argument("--data", dest="data_root", help="dataset folder (default: the checkpoint's)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--out", help="JSON file for the metrics and the confusion matrix")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--flip", action="store_true", help="average with the mirrored prediction")
+    p.add_argument("--window", type=int, default=0, help="sliding-window side (0 = whole images)")
+    p.add_argument("--device", default="")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--skip-bad", action="store_true")
+    p.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images (0 = all)")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="segment images: palette label PNGs and colour overlays")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--no-overlay", action="store_true", help="write only the label PNGs")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--flip", action="store_true")
+    p.add_argument("--window", type=int, default=0)
+    p.add_argument("--device", default="")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--engine", choices=["torch", "onnxruntime"], default="torch")
+    p.add_argument("--onnx", help="ONNX file for --engine onnxruntime")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript (dynamic H, W)")
+    p.add_argument("checkpoint")
+    p.add_argument("-o", "--out", required=True, help="output file (.onnx or .pt)")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    sub.add_parser("models", help="list the registered models")
+
+
+def _train(a: argparse.Namespace) -> int:
+    from .config import make_config
+    from .train import run_train
+
+    overrides = {f.name: getattr(a, f.name, None) for f in fields(TrainConfig) if f.name not in ("recipe",)}
+    model_args: dict[str, Any] = {}
+    for item in a.model_args or []:
+        if "=" not in item:
+            raise ValueError(f"--model-arg {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        model_args[k] = _parse_value(v)
+    if a.pretrained:
+        model_args["pretrained"] = True
+    overrides["model_args"] = model_args or None
+    cfg = make_config(a.recipe or "modern", a.config, **overrides)
+    best = run_train(cfg, progress=not a.quiet)
+    print(f"best checkpoint: {best}")
+    return 0
+
+
+def _eval(a: argparse.Namespace) -> int:
+    from .evaluate import run_eval
+
+    run_eval(a.checkpoint, dataset=a.dataset, data_root=a.data_root, split=a.split, out=a.out,
+             overwrite=a.overwrite, flip=a.flip, window=a.window, device=a.device, workers=a.workers,
+             skip_bad=a.skip_bad, max_images=a.max_images, progress=not a.quiet)
+    return 0
+
+
+def _predict(a: argparse.Namespace) -> int:
+    from .predict import run_predict
+
+    r = run_predict(a.checkpoint, a.inputs, a.out, overlay=not a.no_overlay, overwrite=a.overwrite,
+                    flip=a.flip, window=a.window, device=a.device, workers=a.workers, engine=a.engine,
+                    onnx_file=a.onnx, progress=not a.quiet)
+    print(f"{r['images']} images in {r['seconds']:.1f} s ({r['images_per_s']:.2f} images/s) -> {a.out}")
+    return 0
+
+
+def _export(a: argparse.Namespace) -> int:
+    from .export import export_model
+
+    path = export_model(a.checkpoint, a.out, fmt=a.format, opset=a.opset, overwrite=a.overwrite)
+    print(f"wrote {path}")
+    return 0
+
+
+def _models(a: argparse.Namespace) -> int:
+    from .models import list_models
+
+    print("\n".join(list_models()))
+    return 0
+
+
+COMMANDS = {"train": (_add_train, _train), "eval": (_add_eval, _eval), "predict": (_add_predict, _predict),
+            "export": (_add_export, _export), "models": (_add_models, _models)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fcnseg", description="Fully Convolutional Networks for Semantic "
+                                     "Segmentation (Long, Shelhamer & Darrell, arXiv:1411.4038)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add, _ in COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command][1](args)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+        if args.verbose:
+            raise
+        print(f"fcnseg {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

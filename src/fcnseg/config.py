@@ -1,0 +1,151 @@
+"""Training configuration: one dataclass holds every default, each with its reason.
+
+Two named recipes (``RECIPES``) override the defaults:
+
+* ``paper``: the reference solver of arXiv:1411.4038 (section 4.3 and the released ``solver.prototxt``):
+  batch 1, summed loss, SGD momentum 0.99, fixed lr 1e-10 / 1e-12 / 1e-14 for 32s / 16s / 8s, weight decay
+  5e-4, biases at twice the rate without decay, frozen bilinear upsampling, whole images, no augmentation.
+* ``modern``: pixel-averaged loss, batches of random crops padded with the ignore label, polynomial decay,
+  SGD or AdamW, mixed precision on GPU.
+
+Precedence: dataclass defaults < recipe < config file (YAML/JSON) < command-line flags.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+def default_data_root() -> str:
+    return os.environ.get("FCNSEG_DATA", "../shared/data")
+
+
+@dataclass
+class TrainConfig:
+    # --- data ---
+    dataset: str = "camvid"  # dataset family: voc, sbd, camvid, folder
+    data_root: str = ""  # dataset folder; empty = $FCNSEG_DATA/<dataset>
+    train_split: str = "train"  # split used for training
+    val_split: str = "val"  # split used for validation and model selection
+    skip_bad: bool = False  # drop unreadable or inconsistent samples (logged) instead of stopping
+    workers: int = 2  # data-loading processes; decoding overlaps compute
+    # --- model ---
+    model: str = "fcn8s"  # registry name (fcnseg.models.list_models())
+    model_args: dict[str, Any] = field(default_factory=dict)  # extra factory kwargs (width, pretrained...)
+    init_from: str = ""  # checkpoint to start from by layer name (staged 32s -> 16s -> 8s, section 4.2)
+    normalization: str = ""  # input normalisation; empty = the one the weights expect
+    # --- optimisation ---
+    recipe: str = "modern"  # named preset applied before any override: paper or modern
+    batch_size: int = 8  # images per step (per process under DDP)
+    loss: str = "mean"  # "sum" over pixels (the reference, lr ~1e-10) or "mean" over valid pixels
+    optimizer: str = "sgd"  # sgd or adamw
+    lr: float = 0.01  # base learning rate
+    momentum: float = 0.9  # SGD momentum (0.99 in the paper with batch 1)
+    weight_decay: float = 1e-4  # L2 on weights (5e-4 in the paper)
+    bias_lr_mult: float = 1.0  # the paper trains biases at twice the rate
+    bias_decay: bool = False  # biases (and norm parameters) are not decayed
+    schedule: str = "poly"  # constant (paper) or poly
+    poly_power: float = 0.9  # exponent of polynomial decay
+    warmup_steps: int = 0  # linear warm-up steps
+    max_steps: int = 2000  # optimisation steps in all
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU unless amp_cpu)
+    amp_cpu: bool = False  # bf16 autocast on CPU (AVX512-BF16 machines)
+    # --- augmentation ---
+    crop_size: int = 320  # random crop side; 0 = whole images (batches padded with the ignore label)
+    scale_min: float = 0.5  # random scale range
+    scale_max: float = 2.0
+    hflip: bool = True  # random horizontal flip
+    color_jitter: float = 0.0  # brightness/contrast/saturation jitter strength
+    # --- bookkeeping ---
+    val_every: int = 500  # steps between validations (and checkpoints)
+    log_every: int = 10  # steps between log lines
+    max_val_images: int = 0  # 0 = the whole validation split
+    out_dir: str = "runs/train"  # run folder: checkpoints, logs, config
+    overwrite: bool = False  # allow writing into an existing, non-empty run folder
+    seed: int = 0  # seeds model init, sampling and augmentation
+    device: str = ""  # cuda / cpu; empty = cuda if available
+    resume: str = ""  # checkpoint to resume from (model, optimiser, scheduler, step, sampler, RNG)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def resolved_data_root(self) -> Path:
+        return Path(self.data_root) if self.data_root else Path(default_data_root()) / self.dataset
+
+
+def paper_lr(model: str) -> float:
+    """The reference's fixed learning rates for the summed loss: 1e-10 (32s), 1e-12 (16s), 1e-14 (8s)."""
+    if "8s" in model:
+        return 1e-14
+    if "16s" in model:
+        return 1e-12
+    return 1e-10
+
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": dict(
+        batch_size=1, loss="sum", optimizer="sgd", momentum=0.99, weight_decay=5e-4, bias_lr_mult=2.0,
+        bias_decay=False, schedule="constant", warmup_steps=0, crop_size=0, scale_min=1.0, scale_max=1.0,
+        hflip=False, color_jitter=0.0, amp=False, normalization="caffe",
+    ),
+    "modern": dict(
+        batch_size=8, loss="mean", optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4, bias_lr_mult=1.0,
+        schedule="poly", crop_size=320, scale_min=0.5, scale_max=2.0, hflip=True,
+    ),
+}
+
+
+def make_config(recipe: str = "modern", file: str | None = None, **overrides: Any) -> TrainConfig:
+    """Resolve a config: defaults, then ``recipe``, then ``file`` (YAML or JSON), then ``overrides``.
+
+    Unknown keys are errors naming the key, so a typo never silently falls back to a default.
+    """
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+    values: dict[str, Any] = {"recipe": recipe, **RECIPES[recipe]}
+    if file:
+        values.update(_read_file(Path(file)))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown config keys {unknown}; known: {sorted(names)}")
+    cfg = replace(TrainConfig(), **values)
+    if recipe == "paper" and "lr" not in overrides and not (file and "lr" in _read_file(Path(file))):
+        cfg.lr = paper_lr(cfg.model)
+    _validate(cfg)
+    return cfg
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def _validate(cfg: TrainConfig) -> None:
+    checks = [
+        (cfg.loss in ("sum", "mean"), f"loss must be 'sum' or 'mean', not {cfg.loss!r}"),
+        (cfg.optimizer in ("sgd", "adamw"), f"optimizer must be 'sgd' or 'adamw', not {cfg.optimizer!r}"),
+        (cfg.schedule in ("constant", "poly"), f"schedule must be 'constant' or 'poly', not {cfg.schedule!r}"),
+        (cfg.batch_size >= 1, "batch_size must be at least 1"),
+        (cfg.max_steps >= 1, "max_steps must be at least 1"),
+        (cfg.lr > 0, "lr must be positive"),
+        (0 < cfg.scale_min <= cfg.scale_max, "need 0 < scale_min <= scale_max"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ValueError(msg)

@@ -1,0 +1,143 @@
+"""The loop: ``train_one_epoch`` and ``evaluate``, plain functions (see STYLE.md habit 4)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from .losses import segmentation_loss
+from .metrics import ConfusionMatrix
+from .normalization import Normalization
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[None]:
+    """bf16 autocast on ``device`` when enabled; a null context otherwise."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    norm: Normalization,
+    device: torch.device,
+    loss_reduction: str = "mean",
+    ignore_index: int = 255,
+    amp: bool = False,
+    max_steps: int,
+    step: int,
+    on_step: Callable[[int, float, float], None] | None = None,
+    progress: bool = True,
+) -> int:
+    """Train until the loader ends or ``step`` reaches ``max_steps``; returns the new step count.
+
+    ``on_step(step, loss, images_per_s)`` runs after every optimiser step (logging, validation, checkpoints).
+    """
+    model.train()
+    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+    bar = tqdm(total=total, desc="train", unit="batch", disable=not progress, dynamic_ncols=True, mininterval=1)
+    t0, seen = time.perf_counter(), 0
+    for images, masks in loader:
+        if step >= max_steps:
+            break
+        x = norm(images.to(device, non_blocking=True))
+        y = masks.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(x)  # (N, K, H, W)
+        loss = segmentation_loss(logits, y, ignore_index=ignore_index, reduction=loss_reduction)  # type: ignore[arg-type]
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"loss is {loss.item()} at step {step}: lower the learning rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        seen += images.shape[0]
+        ips = seen / (time.perf_counter() - t0)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4g}", img_s=f"{ips:.2f}", step=step)
+        if on_step is not None:
+            on_step(step, loss.item(), ips)
+    bar.close()
+    return step
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: Tensor, *, flip: bool = False, window: int = 0,
+                   overlap: float = 1 / 3, amp: bool = False) -> Tensor:
+    """Class scores (N, K, H, W) for normalised images ``x``, with optional test-time augmentation.
+
+    ``flip`` averages with the prediction on the mirrored image; ``window`` > 0 predicts over sliding
+    windows of that side (overlapping by ``overlap``) and averages the overlaps, for images too large to
+    process at once or for models trained on crops.
+    """
+    def run(inp: Tensor) -> Tensor:
+        with autocast(inp.device, amp):
+            out = model(inp).float()
+        if flip:
+            with autocast(inp.device, amp):
+                out = out + model(inp.flip(-1)).float().flip(-1)
+            out = out / 2
+        return out
+
+    h, w = x.shape[-2:]
+    if window <= 0 or (h <= window and w <= window):
+        return run(x)
+    stride = max(1, int(window * (1 - overlap)))
+    ys = list(range(0, max(h - window, 0) + 1, stride))
+    xs = list(range(0, max(w - window, 0) + 1, stride))
+    if ys[-1] + window < h:
+        ys.append(h - window)
+    if xs[-1] + window < w:
+        xs.append(w - window)
+    out: Tensor | None = None
+    count = torch.zeros(1, 1, h, w, device=x.device)
+    for y0 in ys:
+        for x0 in xs:
+            tile = x[..., y0 : y0 + window, x0 : x0 + window]
+            s = run(tile)
+            if out is None:
+                out = torch.zeros(x.shape[0], s.shape[1], h, w, device=x.device)
+            out[..., y0 : y0 + window, x0 : x0 + window] += s
+            count[..., y0 : y0 + window, x0 : x0 + window] += 1
+    assert out is not None
+    return out / count
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    *,
+    num_classes: int,
+    norm: Normalization,
+    device: torch.device,
+    ignore_index: int = 255,
+    flip: bool = False,
+    window: int = 0,
+    amp: bool = False,
+    progress: bool = True,
+) -> ConfusionMatrix:
+    """Accumulate one confusion matrix over the loader's images at their original resolution.
+
+    Each batch holds whole images (batch size 1 keeps every image at its own size, so padding never touches
+    a prediction). Under DDP the matrices of all processes are summed; the caller computes the metrics.
+    """
+    model.eval()
+    cm = ConfusionMatrix(num_classes, ignore_index, device=device)
+    for images, masks in tqdm(loader, desc="eval", unit="img", disable=not progress, dynamic_ncols=True,
+                              mininterval=1):
+        logits = predict_logits(model, norm(images.to(device)), flip=flip, window=window, amp=amp)
+        cm.update(logits.argmax(1), masks.to(device))
+    cm.reduce()
+    return cm

@@ -1,0 +1,62 @@
+"""Export keeps the crop geometry: ONNX Runtime and TorchScript match PyTorch at three sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY
+
+from fcnseg.checkpoint import Checkpoint, save_checkpoint
+from fcnseg.cli import main
+from fcnseg.models import build
+from fcnseg.normalization import IMAGENET
+
+SIZES = [(1, 1), (45, 77), (224, 301)]  # tiny, odd, larger than the traced sample
+
+
+def _checkpoint(name: str) -> Checkpoint:
+    model = build(name, width=TINY, num_classes=3).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # non-zero score layers so the outputs carry the geometry
+            p.normal_(0, 0.1)
+    return Checkpoint(name, {"width": TINY, "num_classes": 3}, model.state_dict(), ["a", "b", "c"],
+                      [(0, 0, 0), (255, 0, 0), (0, 255, 0)], IMAGENET)
+
+
+def _close(got: torch.Tensor, want: torch.Tensor) -> None:
+    assert got.shape == want.shape
+    assert (got - want).abs().max() <= 1e-4 * max(1.0, want.abs().max().item())
+
+
+@pytest.mark.parametrize("name", ["fcn8s", "fcn16s", "fcn_alexnet"])
+def test_onnx_dynamic_sizes(tmp_path, name):
+    ort = pytest.importorskip("onnxruntime")
+    ck = _checkpoint(name)
+    path = tmp_path / "m.ckpt"
+    save_checkpoint(ck, path)
+    onnx_file = tmp_path / "m.onnx"
+    assert main(["export", str(path), "-o", str(onnx_file)]) == 0
+    sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    model = ck.build_model()
+    for h, w in SIZES:
+        x = torch.randn(2, 3, h, w)
+        with torch.no_grad():
+            want = model(x)
+        got = torch.from_numpy(sess.run(None, {"image": x.numpy()})[0])
+        _close(got, want)
+    # An existing file is not overwritten without --overwrite.
+    assert main(["export", str(path), "-o", str(onnx_file)]) == 2
+
+
+def test_torchscript_dynamic_sizes(tmp_path):
+    ck = _checkpoint("fcn8s")
+    path = tmp_path / "m.ckpt"
+    save_checkpoint(ck, path)
+    out = tmp_path / "m.ts"
+    assert main(["export", str(path), "-o", str(out), "--format", "torchscript"]) == 0
+    ts = torch.jit.load(str(out))
+    model = ck.build_model()
+    for h, w in SIZES:
+        x = torch.randn(1, 3, h, w)
+        with torch.no_grad():
+            _close(ts(x), model(x))
