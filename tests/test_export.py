@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY
 
 from fcnseg.checkpoint import Checkpoint, save_checkpoint
 from fcnseg.cli import main
 from fcnseg.models import build
 from fcnseg.normalization import IMAGENET
+
+from conftest import TINY
 
 SIZES = [(1, 1), (45, 77), (224, 301)]  # tiny, odd, larger than the traced sample
 

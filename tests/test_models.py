@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY
 
 from fcnseg.models import FCN, BilinearUpsample, bilinear_kernel, build, list_models
+
+from conftest import TINY
 
 PAPER_NETS = ["fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce", "fcn_alexnet"]
 

@@ -38,6 +38,7 @@ class TrainConfig:
     model_args: dict[str, Any] = field(default_factory=dict)  # extra factory kwargs (width, pretrained...)
     init_from: str = ""  # checkpoint to start from by layer name (staged 32s -> 16s -> 8s, section 4.2)
     normalization: str = ""  # input normalisation; empty = the one the weights expect
+    freeze_encoder: bool = False  # train only the head on a frozen encoder (the paper's "FCN-32s-fixed")
     # --- optimisation ---
     recipe: str = "modern"  # named preset applied before any override: paper or modern
     batch_size: int = 8  # images per step (per process under DDP)

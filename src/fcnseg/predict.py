@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .checkpoint import Checkpoint, load_checkpoint
-from .engine import predict_logits
+from .engine import predict_logits, prepare_inference
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 
@@ -87,7 +87,7 @@ def overlay_image(rgb: np.ndarray, labels: np.ndarray, palette: Sequence[Sequenc
 def run_predict(checkpoint: str | Path | Checkpoint, inputs: Sequence[str | Path], out_dir: str | Path, *,
                 overlay: bool = True, overwrite: bool = False, flip: bool = False, window: int = 0,
                 device: str = "", workers: int = 2, engine: str = "torch", onnx_file: str | None = None,
-                progress: bool = True) -> dict[str, float]:
+                precision: str = "fp32", progress: bool = True) -> dict[str, float]:
     """Write ``<stem>.png`` (palette labels) and ``<stem>_overlay.png`` for every input image.
 
     Returns {"images": n, "seconds": t, "images_per_s": n / t}. An existing, non-empty ``out_dir`` is
@@ -100,7 +100,7 @@ def run_predict(checkpoint: str | Path | Checkpoint, inputs: Sequence[str | Path
         raise FileExistsError(f"output folder {out} exists and is not empty: pass --overwrite or choose another -o")
     out.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    scores = _scorer(ck, dev, engine, onnx_file, flip, window)
+    scores = _scorer(ck, dev, engine, onnx_file, flip, window, precision)
     loader = DataLoader(_Images(files), batch_size=1, num_workers=workers, collate_fn=lambda b: b[0])
     stems: dict[str, int] = {}
     t0 = time.perf_counter()
@@ -119,8 +119,8 @@ def run_predict(checkpoint: str | Path | Checkpoint, inputs: Sequence[str | Path
     return {"images": len(files), "seconds": dt, "images_per_s": len(files) / dt}
 
 
-def _scorer(ck: Checkpoint, dev: torch.device, engine: str, onnx_file: str | None, flip: bool, window: int
-            ) -> Callable[[torch.Tensor], np.ndarray]:
+def _scorer(ck: Checkpoint, dev: torch.device, engine: str, onnx_file: str | None, flip: bool, window: int,
+            precision: str = "fp32") -> Callable[[torch.Tensor], np.ndarray]:
     if engine == "onnxruntime":
         if not onnx_file:
             raise ValueError("--engine onnxruntime needs --onnx FILE (made by `fcnseg export --format onnx`)")
@@ -136,7 +136,7 @@ def _scorer(ck: Checkpoint, dev: torch.device, engine: str, onnx_file: str | Non
         return run_ort
     if engine != "torch":
         raise ValueError(f"unknown engine {engine!r}: torch or onnxruntime")
-    model = ck.build_model().to(dev)
+    model = prepare_inference(ck.build_model().to(dev), precision=precision)
 
     def run_torch(image: torch.Tensor) -> np.ndarray:
         x = ck.normalization(image[None].to(dev))

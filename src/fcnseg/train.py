@@ -133,6 +133,8 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     if cfg.init_from:
         copied, kept = model.init_from(load_checkpoint(cfg.init_from).state_dict)  # type: ignore[operator]
         log.info("init from %s: %d tensors copied, left as initialised: %s", cfg.init_from, len(copied), kept)
+    if cfg.freeze_encoder:
+        model.encoder.requires_grad_(False)  # type: ignore[union-attr]
     model.to(device)
     ddp_model: nn.Module = model
     if world > 1:

@@ -1,0 +1,18 @@
+"""Import weights users bring: Caffe caffemodels and torchvision's VGG16, as self-describing checkpoints.
+
+``convert_caffemodel`` reads the reference FCN caffemodels (and Caffe's ImageNet VGG16 / CaffeNet) with a
+small protobuf decoder, no Caffe needed; ``convert_torchvision_vgg16`` convolutionalises
+``vgg16-397923af.pth``.
+Both write an fcnseg checkpoint that records the input normalisation the weights expect.
+"""
+
+from __future__ import annotations
+
+from ._common import ConvertError
+from .caffe import CaffeLayer, convert_caffemodel, read_caffe_layers, read_caffemodel
+from .torchvision import convert_torchvision_vgg16, vgg16_trunk_state
+
+__all__ = [
+    "ConvertError", "CaffeLayer", "read_caffe_layers", "read_caffemodel", "convert_caffemodel",
+    "convert_torchvision_vgg16", "vgg16_trunk_state",
+]

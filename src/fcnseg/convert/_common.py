@@ -1,0 +1,90 @@
+"""What both importers share: the error type, the class table and the checkpoint they write."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..checkpoint import Checkpoint, save_checkpoint
+from ..models import FCN, build
+from ..normalization import Normalization
+
+__all__ = ["ConvertError", "VOC_CLASSES", "voc_palette", "class_table", "build_target", "write_checkpoint"]
+
+PathLike = str | os.PathLike[str]
+
+
+class ConvertError(ValueError):
+    """Weights that cannot become the requested fcnseg model; the message names the file and the layer."""
+
+
+# PASCAL VOC's 20 classes and background, in label order: the reference caffemodels' 21 outputs.
+# A copy of fcnseg.data's table (tests check they agree), so converting needs none of the data stack.
+VOC_CLASSES = [
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+]
+
+
+def voc_palette(n: int) -> list[tuple[int, int, int]]:
+    """The VOC devkit's colour map (``labelcolormap.m``) for labels ``0 .. n-1``: i's bits over R, G, B."""
+    palette = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= (c & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette.append((r, g, b))
+    return palette
+
+
+def class_table(num_classes: int, classes: Sequence[str] | None
+                ) -> tuple[list[str], list[tuple[int, int, int]]]:
+    """Class names and palette for a converted model.
+
+    ``classes`` if given (its length must be ``num_classes``); else VOC's names for 21 classes and
+    ``class_0 ...`` otherwise. The palette is VOC's colour map, which gives distinct colours to any count.
+    """
+    if isinstance(classes, str):
+        raise ConvertError(f"classes must be a list of names, not the string {classes!r}")
+    if classes is not None:
+        names = list(classes)
+        if len(names) != num_classes:
+            raise ConvertError(f"{len(names)} class names given for a model with {num_classes} classes")
+    elif num_classes == len(VOC_CLASSES):
+        names = list(VOC_CLASSES)
+    else:
+        names = [f"class_{i}" for i in range(num_classes)]
+    return names, voc_palette(num_classes)
+
+
+def build_target(model: str, num_classes: int, model_args: Mapping[str, Any] | None
+                 ) -> tuple[FCN, dict[str, Any]]:
+    """The registry's ``model`` and the factory arguments that rebuild it (recorded in the checkpoint)."""
+    if "num_classes" in (model_args or {}):
+        raise ConvertError("give num_classes as its own argument, not in model_args")
+    args = {**(model_args or {}), "num_classes": num_classes}
+    net = build(model, **args)
+    if not isinstance(net, FCN):
+        raise ConvertError(f"model {model!r} is not one of the paper's FCNs; weights cannot be imported")
+    return net, args
+
+
+def write_checkpoint(dst: PathLike, net: nn.Module, model: str, model_args: dict[str, Any],
+                     classes: Sequence[str] | None, normalization: Normalization, src: Path, source: str
+                     ) -> Path:
+    """Save ``net``'s weights as a self-describing fcnseg checkpoint at ``dst``; returns the path."""
+    names, palette = class_table(model_args["num_classes"], classes)
+    ckpt = Checkpoint(
+        model_name=model, model_args=model_args, state_dict=net.state_dict(), classes=names, palette=palette,
+        normalization=normalization, extra={"converted_from": src.name, "source_format": source},
+    )
+    return save_checkpoint(ckpt, dst)

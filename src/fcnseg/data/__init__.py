@@ -1,0 +1,43 @@
+"""Segmentation datasets: ``(image, mask)`` pairs, ``Image`` uint8 (3, H, W) RGB and ``Mask`` int64 (H, W).
+
+``build_dataset(kind, root, split)`` with ``kind`` in :data:`DATASETS`: ``"voc"`` (PASCAL VOC, including the
+paper's ``seg11valid``), ``"sbd"`` (SBD, including the paper's training set ``train_noval``),
+``"camvid"`` (SegNet's CamVid) and ``"folder"`` (``images/`` + ``masks/``). Bad files raise
+:class:`DataError`, whose message names the file and the fix; ``dataset.check(skip_bad=True)`` drops them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .base import IGNORE_INDEX, DataError, SegmentationDataset, Transforms, read_image
+from .camvid import CAMVID_CLASSES, CAMVID_PALETTE, CamVid
+from .folder import FolderSegmentation
+from .transforms import RandomScale, eval_transforms, pad_collate, train_transforms
+from .voc import VOC_CLASSES, SBDSegmentation, VOCSegmentation, seg11valid_ids, voc_palette
+
+__all__ = [
+    "IGNORE_INDEX", "DataError", "SegmentationDataset", "Transforms", "read_image", "VOCSegmentation",
+    "SBDSegmentation", "CamVid", "FolderSegmentation", "VOC_CLASSES", "CAMVID_CLASSES", "CAMVID_PALETTE",
+    "voc_palette", "seg11valid_ids", "DATASETS", "build_dataset", "RandomScale", "train_transforms",
+    "eval_transforms", "pad_collate",
+]
+
+DATASETS: dict[str, type[SegmentationDataset]] = {
+    "voc": VOCSegmentation,
+    "sbd": SBDSegmentation,
+    "camvid": CamVid,
+    "folder": FolderSegmentation,
+}
+
+
+def build_dataset(
+    kind: str, root: str | Path, split: str | None, transforms: Transforms | None = None, **kw: Any
+) -> SegmentationDataset:
+    """The dataset ``DATASETS[kind](root, split, transforms, **kw)``; ``split=None`` only for ``"folder"``."""
+    if kind not in DATASETS:
+        raise ValueError(f"unknown dataset kind {kind!r}; available: {', '.join(DATASETS)}")
+    if split is None and kind != "folder":
+        raise ValueError(f"dataset kind {kind!r} needs a split")
+    return DATASETS[kind](root, split, transforms, **kw)
