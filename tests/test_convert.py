@@ -445,3 +445,32 @@ def test_torchvision_errors_name_the_file(tmp_path):
     garbage.write_bytes(b"not a pickle")
     with pytest.raises(ConvertError, match="garbage.pth could not be read"):
         convert_torchvision_vgg16(garbage, tmp_path / "x.ckpt")
+
+
+def test_convert_cli(tmp_path, capsys):
+    from fcnseg.cli import main
+
+    net = build("fcn8s", width=TINY, num_classes=21)
+    layers, want = fcn_layers(net)
+    src = write_caffemodel(tmp_path / "fcn8s-heavy-pascal.caffemodel", layers, "new")
+    dst = tmp_path / "fcn8s.pt"
+    argv = ["convert", "caffe", str(src), "-o", str(dst), "--model", "fcn8s", "--model-arg", f"width={TINY}"]
+    assert main(argv) == 0
+    _assert_weights(dst, want)
+    assert load_checkpoint(dst).normalization == CAFFE_VGG
+    # An existing output is kept unless --overwrite; a wrong layer is named.
+    before = dst.read_bytes()
+    assert main(argv) == 2
+    assert "exists" in capsys.readouterr().err and dst.read_bytes() == before
+    assert main([*argv[:6], "fcn32s", *argv[7:], "--overwrite"]) == 2
+    assert "fcn8s-heavy-pascal.caffemodel" in capsys.readouterr().err and dst.read_bytes() == before
+
+    sd = _torchvision_layout(TINY)
+    torch.save(sd, tmp_path / "vgg16.pth")
+    names = tmp_path / "classes.txt"
+    names.write_text("road\ncar\nsky\n")
+    assert main(["convert", "torchvision", str(tmp_path / "vgg16.pth"), "-o", str(tmp_path / "v.pt"),
+                 "--model", "fcn32s", "--classes", str(names), "--model-arg", f"width={TINY}"]) == 0
+    ck = load_checkpoint(tmp_path / "v.pt")
+    assert ck.classes == ["road", "car", "sky"] and ck.model_args["num_classes"] == 3
+    assert torch.equal(ck.state_dict["encoder.conv1_1.weight"], sd["features.0.weight"])

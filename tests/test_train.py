@@ -108,7 +108,7 @@ def test_train_eval_predict_cli(data_root, tmp_path):
 def test_resume_is_exact(data_root, tmp_path):
     straight = run_train(tiny_cfg(data_root, tmp_path / "a"), progress=False)
     # Same run stopped after 2 steps, then resumed from its last checkpoint to step 4.
-    run_train(tiny_cfg(data_root, tmp_path / "b", max_steps=2), progress=False)
+    run_train(tiny_cfg(data_root, tmp_path / "b", stop_at=2), progress=False)
     ck_b = load_checkpoint(tmp_path / "b" / "last.pt")
     assert ck_b.train_state["step"] == 2
     cfg = tiny_cfg(data_root, tmp_path / "b", resume=str(tmp_path / "b" / "last.pt"))

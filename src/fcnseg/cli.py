@@ -93,8 +93,35 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true")
 
 
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="import a .caffemodel or torchvision VGG16 .pth as an fcnseg checkpoint",
+                       description="Write a self-describing fcnseg checkpoint from weights made elsewhere: "
+                       "a Caffe .caffemodel (read without Caffe; e.g. the reference fcn8s-heavy-pascal."
+                       "caffemodel) or torchvision's vgg16-397923af.pth (fc6/fc7 convolutionalised).")
+    p.add_argument("format", choices=["caffe", "torchvision"], help="what SOURCE is")
+    p.add_argument("source", help=".caffemodel or .pth file")
+    p.add_argument("-o", "--out", required=True, help="checkpoint to write (.pt)")
+    p.add_argument("--model", required=True, help="registry name the weights become, e.g. fcn8s, fcn32s")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="default: score_fr's outputs in the file, or 21 (PASCAL VOC)")
+    p.add_argument("--classes", default=None, help="text file of class names, one per line")
+    p.add_argument("--model-arg", dest="model_args", action="append", metavar="KEY=VALUE",
+                   help="extra factory argument (repeatable), e.g. learnable_upsampling=true")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+
 def _add_models(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("models", help="list the registered models")
+
+
+def _model_args(items: list[str] | None) -> dict[str, Any]:
+    model_args: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--model-arg {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        model_args[k] = _parse_value(v)
+    return model_args
 
 
 def _train(a: argparse.Namespace) -> int:
@@ -102,12 +129,7 @@ def _train(a: argparse.Namespace) -> int:
     from .train import run_train
 
     overrides = {f.name: getattr(a, f.name, None) for f in fields(TrainConfig) if f.name not in ("recipe",)}
-    model_args: dict[str, Any] = {}
-    for item in a.model_args or []:
-        if "=" not in item:
-            raise ValueError(f"--model-arg {item!r}: expected KEY=VALUE")
-        k, v = item.split("=", 1)
-        model_args[k] = _parse_value(v)
+    model_args = _model_args(a.model_args)
     if a.pretrained:
         model_args["pretrained"] = True
     overrides["model_args"] = model_args or None
@@ -144,6 +166,28 @@ def _export(a: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .convert import convert_caffemodel, convert_torchvision_vgg16
+
+    if not Path(a.source).is_file():
+        raise FileNotFoundError(f"{a.source}: no such file")
+    if Path(a.out).exists() and not a.overwrite:
+        raise FileExistsError(f"{a.out} exists: pass --overwrite to replace it")
+    classes = None
+    if a.classes:
+        classes = [c.strip() for c in Path(a.classes).read_text().splitlines() if c.strip()]
+    convert = convert_caffemodel if a.format == "caffe" else convert_torchvision_vgg16
+    kw: dict[str, Any] = {"classes": classes, "model_args": _model_args(a.model_args)}
+    num_classes = a.num_classes or (len(classes) if classes else None)
+    if num_classes is not None:
+        kw["num_classes"] = num_classes
+    path = convert(a.source, a.out, model=a.model, **kw)
+    print(f"wrote {path}")
+    return 0
+
+
 def _models(a: argparse.Namespace) -> int:
     from .models import list_models
 
@@ -152,7 +196,8 @@ def _models(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": (_add_train, _train), "eval": (_add_eval, _eval), "predict": (_add_predict, _predict),
-            "export": (_add_export, _export), "models": (_add_models, _models)}
+            "export": (_add_export, _export), "convert": (_add_convert, _convert),
+            "models": (_add_models, _models)}
 
 
 def build_parser() -> argparse.ArgumentParser:

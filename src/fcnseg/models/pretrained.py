@@ -31,7 +31,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from ..normalization import Normalization, register_normalization
+from ..normalization import EFFICIENTNET_LITE
 
 __all__ = [
     "LITE_VARIANTS", "LITE_BN_EPS", "EFFICIENTNET_LITE", "lite_weights_path", "lite_weights_available",
@@ -46,9 +46,6 @@ LITE_VARIANTS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2
 LITE_BN_EPS = 1e-3
 
 # TensorFlow EfficientNet-Lite preprocessing: MEAN_RGB = 127, STDDEV_RGB = 128 on 0-255 RGB.
-EFFICIENTNET_LITE = register_normalization(
-    Normalization("efficientnet_lite", mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0), scale=255.0)
-)
 
 # lukemelas' top-level layers -> timm's.
 _TOP = {
