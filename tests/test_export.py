@@ -61,3 +61,31 @@ def test_torchscript_dynamic_sizes(tmp_path):
         x = torch.randn(1, 3, h, w)
         with torch.no_grad():
             _close(ts(x), model(x))
+
+
+def test_int8_onnx_export_is_quantised_and_close(tmp_path, data_root):
+    ort = pytest.importorskip("onnxruntime")
+    import onnx
+
+    ck = _checkpoint("fcn8s")
+    path = tmp_path / "m.ckpt"
+    save_checkpoint(ck, path)
+    train = sorted((data_root / "camvid" / "train").glob("*.png"))[:4]
+    out = tmp_path / "m_int8.onnx"
+    assert main(["export", str(path), "-o", str(out), "--int8", *map(str, train[:3])]) == 0
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    from fcnseg.data.base import read_image
+
+    x = IMAGENET(read_image(train[3]).unsqueeze(0))[:, :, :121, :163]  # an image not calibrated on, odd size
+    with torch.no_grad():
+        want = ck.build_model().eval()(x)
+    got = torch.from_numpy(sess.run(None, {"image": x.numpy()})[0])
+    assert got.shape == want.shape
+    # 8-bit activations: a few percent of the logits' range, far from the float result's exactness.
+    err = (got - want).abs().max() / want.abs().max()
+    assert 0 < err < 0.1, err
+    # Calibration images are required; int8 is for ONNX only.
+    assert main(["export", str(path), "-o", str(tmp_path / "t.pt"), "--format", "torchscript", "--int8",
+                 str(train[0])]) == 2

@@ -90,6 +90,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", required=True, help="output file (.onnx or .pt)")
     p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--int8", metavar="IMAGES", nargs="+", default=None,
+                   help="quantise the ONNX graph to int8 (ONNX Runtime, static), calibrating on these image "
+                   "files or folders (e.g. training images)")
+    p.add_argument("--calibration-images", type=int, default=32, help="at most this many images for --int8")
     p.add_argument("--overwrite", action="store_true")
 
 
@@ -161,7 +165,13 @@ def _predict(a: argparse.Namespace) -> int:
 def _export(a: argparse.Namespace) -> int:
     from .export import export_model
 
-    path = export_model(a.checkpoint, a.out, fmt=a.format, opset=a.opset, overwrite=a.overwrite)
+    calibration = None
+    if a.int8:
+        from .predict import collect_inputs
+
+        calibration = collect_inputs(a.int8)[: a.calibration_images]
+    path = export_model(a.checkpoint, a.out, fmt=a.format, opset=a.opset, overwrite=a.overwrite,
+                        int8_calibration=calibration)
     print(f"wrote {path}")
     return 0
 
