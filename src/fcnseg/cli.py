@@ -19,6 +19,19 @@ _FLAG_HELP = {
 }
 
 
+def _field_reasons() -> dict[str, str]:
+    """Each TrainConfig field's one-line reason: the comment beside it in config.py (one source of truth)."""
+    import inspect
+    import re
+
+    try:
+        source = inspect.getsource(TrainConfig)
+    except (OSError, TypeError):  # no source (e.g. a zipped install): flags keep their defaults only
+        return {}
+    pattern = re.compile(r"^    (\w+): [^#\n]*#(.*)$", re.M)
+    return {m.group(1): m.group(2).strip() for m in pattern.finditer(source)}
+
+
 def _parse_value(v: str) -> Any:
     try:
         return json.loads(v)
@@ -32,12 +45,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML or JSON file of TrainConfig keys")
     p.add_argument("--out", dest="out_dir", help="run folder (checkpoints, log.jsonl, tensorboard/, config.json)")
     p.add_argument("--data", dest="data_root", help=_FLAG_HELP["data_root"])
+    reasons = _field_reasons()
     for f in fields(TrainConfig):
         if f.name in ("out_dir", "data_root"):
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
-        hint = _FLAG_HELP.get(f.name, f"default: {default!r}" if default is not None else "")
+        hint = reasons.get(f.name, "") + (f" (default: {default!r})" if default not in (None, "") else "")
+        hint = _FLAG_HELP.get(f.name, hint.strip())
         if f.name == "model_args":
             p.add_argument("--model-arg", dest="model_args", action="append", metavar="KEY=VALUE", help=hint)
         elif f.type in ("bool", bool):
