@@ -1,0 +1,60 @@
+"""Print the CamVid results table from runs/camvid/*.json (made by run.sh) and write the slim best FCN-8s.
+
+Usage: python benchmarks/camvid/report.py [--runs runs/camvid] [--save-best fcn8s]
+
+The slim checkpoint keeps the weights and the self-description (model, classes, palette, normalisation,
+config, val metrics) but drops the optimiser state, so that it fits in git (< 20 MB):
+benchmarks/camvid/fcn8s_efficientnet_lite0_camvid.pt. Evaluate it with
+    fcnseg eval --checkpoint benchmarks/camvid/fcn8s_efficientnet_lite0_camvid.pt --split val
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from fcnseg.checkpoint import load_checkpoint, save_checkpoint
+
+ORDER = ["fcn32s", "fcn16s", "fcn8s_short", "fcn8s", "fcn8s_scratch", "fcn32s_fixed"]
+LABEL = {
+    "fcn32s": "FCN-32s Lite0, pretrained", "fcn16s": "FCN-16s Lite0, pretrained",
+    "fcn8s_short": "FCN-8s Lite0, pretrained", "fcn8s": "FCN-8s Lite0, pretrained (30-min budget)",
+    "fcn8s_scratch": "FCN-8s Lite0, from scratch", "fcn32s_fixed": "FCN-32s-fixed Lite0 (frozen encoder)",
+}
+HERE = Path(__file__).parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", default="runs/camvid")
+    ap.add_argument("--save-best", default="fcn8s", help="run whose best.pt becomes the committed checkpoint")
+    a = ap.parse_args()
+    runs = {p.stem: json.loads(p.read_text()) for p in Path(a.runs).glob("*.json")}
+    rows = [r for r in ORDER if r in runs]
+    if not rows:
+        raise SystemExit(f"no results in {a.runs}: run benchmarks/camvid/run.sh first")
+    classes = runs[rows[0]]["classes"]
+    print("| run | steps | train wall (min) | pixel acc | mean acc | mean IU | f.w. IU | "
+          + " | ".join(classes) + " |")
+    print("|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(classes))
+    for r in rows:
+        d = runs[r]
+        steps = d["command"].split("--max-steps ")[1].split()[0]
+        cells = [f"{100 * d[k]:.1f}" for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")]
+        ious = [f"{100 * v:.1f}" if v is not None else "-" for v in d["class_iu"]]
+        print(f"| {LABEL.get(r, r)} | {steps} | {d['train_seconds'] / 60:.1f} | " + " | ".join(cells + ious) + " |")
+    print()
+    for r in rows:
+        print(f"- {r}: `{runs[r]['command'].replace('.venv/bin/', '')}` ({runs[r]['machine']}, {runs[r]['date']})")
+    if a.save_best in runs:
+        ck = load_checkpoint(Path(a.runs) / a.save_best / "best.pt")
+        slim = dataclasses.replace(ck, train_state=None)
+        dst = HERE / "fcn8s_efficientnet_lite0_camvid.pt"
+        save_checkpoint(slim, dst)
+        print(f"\nwrote {dst} ({dst.stat().st_size / 2**20:.1f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
