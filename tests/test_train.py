@@ -159,3 +159,30 @@ def test_torchrun_training(data_root, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     ck = load_checkpoint(out / "last.pt")
     assert ck.train_state["step"] == 2 and ck.metrics is not None and ck.metrics["pixels"] > 0
+
+
+def test_folder_dataset_args_reach_train_and_eval(data_root, tmp_path):
+    # ISBI 2012 membranes: a folder of grey images and {0, 255} masks, read through --dataset-arg.
+    run = tmp_path / "isbi"
+    ds_args = ["--dataset-arg", "binary=true", "--dataset-arg", "images=image", "--dataset-arg", "masks=label",
+               "--dataset-arg", 'classes=["membrane", "cell"]']
+    assert main(["train", "--dataset", "folder", "--data", str(data_root / "isbi2012"), "--train-split", "train",
+                 "--val-split", "train", *ds_args, "--model", "fcn32s", "--model-arg", f"width={TINY}",
+                 "--batch-size", "2", "--crop-size", "48", "--max-steps", "1", "--val-every", "1",
+                 "--max-val-images", "1", "--workers", "0", "--out", str(run), "--quiet"]) == 0
+    ck = load_checkpoint(run / "best.pt")
+    assert ck.classes == ["membrane", "cell"] and ck.config["dataset_args"]["binary"] is True
+    out = tmp_path / "m.json"
+    assert main(["eval", "--checkpoint", str(run / "best.pt"), "--split", "train", "--max-images", "1",
+                 "--workers", "0", "--out", str(out), "--quiet"]) == 0
+    assert json.loads(out.read_text())["pixels"] == 512 * 512
+
+
+def test_validation_set_of_another_family_must_share_the_classes(data_root, tmp_path):
+    # The paper trains on SBD and validates on VOC; here CamVid's 11 classes against VOC's 21 are refused.
+    from fcnseg.data import DataError
+
+    voc = data_root / "voc_sample" / "VOC2011"
+    cfg = tiny_cfg(data_root, tmp_path / "x", val_dataset="voc", val_data_root=str(voc))
+    with pytest.raises(DataError, match="must be the same"):
+        run_train(cfg, progress=False)

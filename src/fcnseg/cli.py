@@ -55,6 +55,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         hint = _FLAG_HELP.get(f.name, hint.strip())
         if f.name == "model_args":
             p.add_argument("--model-arg", dest="model_args", action="append", metavar="KEY=VALUE", help=hint)
+        elif f.name == "dataset_args":
+            p.add_argument("--dataset-arg", dest="dataset_args", action="append", metavar="KEY=VALUE",
+                           help="extra dataset argument KEY=VALUE (repeatable), e.g. --dataset-arg binary=true")
         elif f.type in ("bool", bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=hint)
         else:
@@ -133,11 +136,12 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("models", help="list the registered models")
 
 
-def _model_args(items: list[str] | None) -> dict[str, Any]:
+def _key_values(items: list[str] | None, flag: str = "--model-arg") -> dict[str, Any]:
+    """``["k=v", ...]`` -> ``{k: v}``, values parsed as JSON where they are (``true``, ``3``, ``[1, 2]``)."""
     model_args: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise ValueError(f"--model-arg {item!r}: expected KEY=VALUE")
+            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE")
         k, v = item.split("=", 1)
         model_args[k] = _parse_value(v)
     return model_args
@@ -148,10 +152,11 @@ def _train(a: argparse.Namespace) -> int:
     from .train import run_train
 
     overrides = {f.name: getattr(a, f.name, None) for f in fields(TrainConfig) if f.name not in ("recipe",)}
-    model_args = _model_args(a.model_args)
+    model_args = _key_values(a.model_args)
     if a.pretrained:
         model_args["pretrained"] = True
     overrides["model_args"] = model_args or None
+    overrides["dataset_args"] = _key_values(a.dataset_args, "--dataset-arg") or None
     cfg = make_config(a.recipe or "modern", a.config, **overrides)
     best = run_train(cfg, progress=not a.quiet)
     print(f"best checkpoint: {best}")
@@ -204,7 +209,7 @@ def _convert(a: argparse.Namespace) -> int:
     if a.classes:
         classes = [c.strip() for c in Path(a.classes).read_text().splitlines() if c.strip()]
     convert = convert_caffemodel if a.format == "caffe" else convert_torchvision_vgg16
-    kw: dict[str, Any] = {"classes": classes, "model_args": _model_args(a.model_args)}
+    kw: dict[str, Any] = {"classes": classes, "model_args": _key_values(a.model_args)}
     num_classes = a.num_classes or (len(classes) if classes else None)
     if num_classes is not None:
         kw["num_classes"] = num_classes

@@ -31,6 +31,9 @@ class TrainConfig:
     data_root: str = ""  # dataset folder; empty = $FCNSEG_DATA/<dataset>
     train_split: str = "train"  # split used for training
     val_split: str = "val"  # split used for validation and model selection
+    val_dataset: str = ""  # family of the validation set; empty = dataset (the paper: train sbd, val voc)
+    val_data_root: str = ""  # its folder; empty = data_root when the family is the same, else $FCNSEG_DATA/<family>
+    dataset_args: dict[str, Any] = field(default_factory=dict)  # extra dataset kwargs (folder: binary, classes...)
     skip_bad: bool = False  # drop unreadable or inconsistent samples (logged) instead of stopping
     workers: int = 2  # data-loading processes; decoding overlaps compute
     # --- model ---
@@ -77,6 +80,15 @@ class TrainConfig:
 
     def resolved_data_root(self) -> Path:
         return Path(self.data_root) if self.data_root else Path(default_data_root()) / self.dataset
+
+    def resolved_val(self) -> tuple[str, Path, dict[str, Any]]:
+        """(family, folder, dataset kwargs) of the validation set."""
+        kind = self.val_dataset or self.dataset
+        if self.val_data_root:
+            root = Path(self.val_data_root)
+        else:
+            root = self.resolved_data_root() if kind == self.dataset else Path(default_data_root()) / kind
+        return kind, root, self.dataset_args if kind == self.dataset else {}
 
 
 def paper_lr(model: str) -> float:

@@ -43,6 +43,7 @@ def run_eval(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
     """
     ck = load_checkpoint(checkpoint)
     cfg: dict[str, Any] = ck.config or {}
+    same = dataset is None or dataset == cfg.get("dataset")
     dataset = dataset or cfg.get("dataset")
     if not dataset:
         raise ValueError(f"{checkpoint} does not record its dataset: pass --dataset")
@@ -56,7 +57,7 @@ def run_eval(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
         raise FileExistsError(f"{out_path} exists: pass --overwrite or choose another --out")
 
     _, _, dev = init_distributed(device)
-    ds = fdata.build_dataset(dataset, root, split)
+    ds = fdata.build_dataset(dataset, root, split, **(cfg.get("dataset_args") or {} if same else {}))
     if skip_bad:
         ds.check(skip_bad=True, progress=progress and is_main())
     if len(ds) == 0:

@@ -120,8 +120,12 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     out = _prepare_out_dir(cfg) if main else Path(cfg.out_dir)
     root = cfg.resolved_data_root()
 
-    train_ds = fdata.build_dataset(cfg.dataset, root, cfg.train_split)
-    val_ds = fdata.build_dataset(cfg.dataset, root, cfg.val_split)
+    train_ds = fdata.build_dataset(cfg.dataset, root, cfg.train_split, **cfg.dataset_args)
+    val_kind, val_root, val_args = cfg.resolved_val()
+    val_ds = fdata.build_dataset(val_kind, val_root, cfg.val_split, **val_args)
+    if val_ds.classes != train_ds.classes:
+        raise fdata.DataError(f"validation set {val_root} ({val_kind}) has classes {val_ds.classes}; the training "
+                              f"set {root} has {train_ds.classes}: they must be the same, in the same order")
     if cfg.skip_bad:
         for ds in (train_ds, val_ds):
             ds.check(skip_bad=True, progress=progress and main)
