@@ -167,6 +167,52 @@ def train_throughput(name: str, batch: int, device: torch.device, steps: int, am
     return {"images_per_s": batch / statistics.median(ts), "peak_gib": peak, "steps": steps}
 
 
+def upsampling_times(device: torch.device, reps: int) -> list[dict[str, float]]:
+    """Frozen bilinear upsampling: the dense (K, K, 16, 16) transposed convolution vs our depthwise one.
+
+    FCN-8s's ``upscore8`` (factor 8, kernel 16) on the fused stride-8 scores of a 500x375 image
+    (padded by 100 as in the reference: 88x72 positions), batch 1, for K = 21 (VOC) and 150 (ADE20K) classes.
+    """
+    from fcnseg.models import BilinearUpsample
+
+    rows = []
+    for k in (21, 150):
+        frozen = BilinearUpsample(k, 8, 16).to(device)
+        dense = BilinearUpsample(k, 8, 16, learnable=True).to(device).requires_grad_(False)
+        x = torch.randn(1, k, 88, 72, device=device)
+        with torch.no_grad():
+            t_dense = statistics.median(time_fn(lambda m=dense, x=x: m(x), device, reps))
+            want = dense(x)
+            row = {"classes": k, "dense_ms": t_dense * 1e3}
+            for path, use_matmul in (("depthwise", False), ("matmul", True)):
+                BilinearUpsample.use_matmul = use_matmul
+                row[f"{path}_ms"] = statistics.median(time_fn(lambda m=frozen, x=x: m(x), device, reps)) * 1e3
+                row[f"{path}_max_abs_diff"] = (frozen(x) - want).abs().max().item()
+            BilinearUpsample.use_matmul = True
+        rows.append(row)
+    return rows
+
+
+def predict_folder(checkpoint: str, images: list[Path], device: str) -> dict[str, float]:
+    """``run_predict`` over a folder (decode, infer, write PNGs + overlays) vs the bare forward passes."""
+    from fcnseg.checkpoint import load_checkpoint
+    from fcnseg.data.base import read_image
+    from fcnseg.engine import predict_logits, prepare_inference
+    from fcnseg.predict import run_predict
+
+    ck = load_checkpoint(checkpoint)
+    model = prepare_inference(ck.build_model().to(device), precision="fp32", channels_last=True)
+    xs = [ck.normalization(read_image(p).unsqueeze(0)) for p in images]
+    predict_logits(model, xs[0].to(device))
+    t = time.perf_counter()
+    for x in xs:
+        predict_logits(model, x.to(device)).argmax(1).cpu()
+    bare = len(xs) / (time.perf_counter() - t)
+    with tempfile.TemporaryDirectory() as out:
+        r = run_predict(ck, [str(p) for p in images], Path(out) / "pred", device=device, progress=False)
+    return {"images": len(images), "predict_images_per_s": r["images_per_s"], "forward_only_images_per_s": bare}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -174,6 +220,10 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=480, help="seconds for the latency cells in all")
     ap.add_argument("--json", help="write all measurements here")
     ap.add_argument("--train-child", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--checkpoint", default="benchmarks/camvid/fcn8s_efficientnet_lite0_camvid.pt",
+                    help="trained checkpoint for the predict-over-a-folder cell")
+    ap.add_argument("--images", default=str(Path(os.environ.get("FCNSEG_DATA", "../shared/data")) / "camvid" / "val"),
+                    help="folder of images for the predict cell")
     a = ap.parse_args()
     device = torch.device(a.device)
     if a.train_child:  # subprocess for one training-throughput cell
@@ -255,6 +305,11 @@ def main() -> None:
             else:
                 train.append({"model": name, "batch": b, **json.loads(r.stdout.strip().splitlines()[-1])})
 
+    ups = upsampling_times(device, a.reps)
+    pred = None
+    if Path(a.checkpoint).is_file() and Path(a.images).is_dir():
+        pred = predict_folder(a.checkpoint, sorted(Path(a.images).glob("*.png")), a.device)
+
     print("\n| model | batch | mode | ms (median) | min-max | GFLOP/s | % ceiling | x ideal | x peer |")
     print("|---|---:|---|---:|---|---:|---:|---:|---:|")
     for r in results:
@@ -268,6 +323,18 @@ def main() -> None:
             print(f"| {t['model']} | {t['batch']} | error: {t['error']} | | |")
         else:
             print(f"| {t['model']} | {t['batch']} | {t['images_per_s']:.2f} | {t['peak_gib']:.2f} | {t['steps']} |")
+    print("\n| upscore8 (frozen bilinear, 88x72, x8) | dense ms | depthwise ms (saving) | banded matmul ms (saving) "
+          "| max abs diff to dense |")
+    print("|---|---:|---:|---:|---:|")
+    for u in ups:
+        d = u["dense_ms"]
+        print(f"| {u['classes']} classes | {d:.1f} | {u['depthwise_ms']:.1f} ({d / u['depthwise_ms']:.1f}x) | "
+              f"{u['matmul_ms']:.1f} ({d / u['matmul_ms']:.1f}x) | "
+              f"{max(u['depthwise_max_abs_diff'], u['matmul_max_abs_diff']):.1e} |")
+    if pred:
+        print(f"\npredict over a folder ({pred['images']} images, {a.checkpoint}): "
+              f"{pred['predict_images_per_s']:.2f} images/s with decoding and PNG writing; forward passes alone "
+              f"{pred['forward_only_images_per_s']:.2f} images/s")
     if skipped:
         print("\nskipped: " + "; ".join(skipped))
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
@@ -275,6 +342,7 @@ def main() -> None:
         Path(a.json).write_text(json.dumps({"machine": machine, "torch": torch.__version__,
                                             "ceiling_fp32": ceil32, "ceiling_bf16": ceil16, "bandwidth": bw,
                                             "flops": flops, "latency": results, "train": train,
+                                            "upsampling": ups, "predict": pred,
                                             "skipped": skipped}, indent=2))
 
 

@@ -115,13 +115,17 @@ def test_bilinear_kernel_values():
 
 
 @pytest.mark.parametrize("channels", [1, 21, 150])
-def test_depthwise_upsampling_equals_dense(channels):
-    frozen = BilinearUpsample(channels, 8, 16)
-    dense = BilinearUpsample(channels, 8, 16, learnable=True)
-    assert dense.weight.shape == (channels, channels, 16, 16)
+@pytest.mark.parametrize("factor, kernel", [(8, 16), (32, 63), (2, 4)])
+def test_frozen_upsampling_equals_dense(channels, factor, kernel, monkeypatch):
+    frozen = BilinearUpsample(channels, factor, kernel)
+    dense = BilinearUpsample(channels, factor, kernel, learnable=True)
+    assert dense.weight.shape == (channels, channels, kernel, kernel) and not list(frozen.parameters())
     x = torch.randn(2, channels, 9, 7)
     with torch.no_grad():
-        torch.testing.assert_close(frozen(x), dense(x), atol=1e-5, rtol=0)
+        want = dense(x)
+        torch.testing.assert_close(frozen(x), want, atol=1e-5, rtol=0)  # banded matrix products (CPU)
+        monkeypatch.setattr(BilinearUpsample, "use_matmul", False)
+        torch.testing.assert_close(frozen(x), want, atol=1e-5, rtol=0)  # depthwise transposed convolution
 
 
 def test_upsampling_interpolates_linearly():

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ._util import exporting
 from .geometry import CoordMap, coord_map
 
 __all__ = ["VGG16Trunk", "AlexNetTrunk", "GemmConv2d", "convolutionalize_vgg16", "TORCHVISION_VGG16_CONVS"]
@@ -30,11 +31,6 @@ TORCHVISION_VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 
 def _ch(c: int, width: float) -> int:
     return max(1, round(c * width))
-
-
-def _exporting() -> bool:
-    compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
-    return bool(torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export() or compiling())
 
 
 class GemmConv2d(nn.Conv2d):
@@ -52,7 +48,7 @@ class GemmConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if (not self.use_gemm or x.device.type != "cpu" or torch.is_grad_enabled() or self.groups != 1
-                or x.dtype not in (torch.float32, torch.bfloat16) or self.padding_mode != "zeros" or _exporting()):
+                or x.dtype not in (torch.float32, torch.bfloat16) or self.padding_mode != "zeros" or exporting()):
             return super().forward(x)
         n, _, h, w = x.shape
         kh, kw = self.kernel_size
