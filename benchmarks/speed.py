@@ -123,6 +123,20 @@ def runner(model: torch.nn.Module, mode: str, x: torch.Tensor, tmp: Path) -> Cal
         sess = ort.InferenceSession(str(f), so, providers=["CPUExecutionProvider"])
         xn = x.cpu().numpy()
         return lambda: sess.run(None, {"x": xn})
+    if mode in ("fp32_plain", "channels_last_plain"):  # without our CPU paths: fc6 and upsampling as convolutions
+        from fcnseg.models import BilinearUpsample
+        from fcnseg.models.vgg import GemmConv2d
+
+        inner = runner(model, mode.removesuffix("_plain"), x, tmp)
+
+        def plain() -> object:
+            GemmConv2d.use_gemm = BilinearUpsample.use_matmul = False
+            try:
+                return inner()
+            finally:
+                GemmConv2d.use_gemm = BilinearUpsample.use_matmul = True
+
+        return plain
     cl = mode in ("channels_last", "bf16", "compile")
     m = model.to(memory_format=torch.channels_last) if cl else model
     xi = x.to(memory_format=torch.channels_last) if cl else x
@@ -251,6 +265,8 @@ def main() -> None:
     for b in (1, 8):
         for name in ["fcn8s", peer, "fcn8s_efficientnet_lite0"]:
             plan += [(name, b, m) for m in modes]
+            if name != peer and not gpu:
+                plan += [(name, b, m) for m in ("fp32_plain", "channels_last_plain")]
     for b in (1, 8):
         for name in vgg[1:] + lite[1:]:
             plan += [(name, b, m) for m in ("fp32", "bf16")]
