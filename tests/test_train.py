@@ -186,3 +186,48 @@ def test_validation_set_of_another_family_must_share_the_classes(data_root, tmp_
     cfg = tiny_cfg(data_root, tmp_path / "x", val_dataset="voc", val_data_root=str(voc))
     with pytest.raises(DataError, match="must be the same"):
         run_train(cfg, progress=False)
+
+
+def test_frozen_encoder_keeps_its_statistics_across_validations(data_root, tmp_path):
+    # "FCN-32s-fixed": only the head trains; the encoder's weights and batch-norm statistics stay the
+    # pretrained ones, also for the steps that follow a validation (which switches modes back and forth).
+    cfg = tiny_cfg(data_root, tmp_path / "fixed", model="fcn32s_efficientnet_lite0",
+                   model_args={"pretrained": True}, freeze_encoder=True, max_steps=3, val_every=1)
+    run_train(cfg, progress=False)
+    got = load_checkpoint(tmp_path / "fixed" / "last.pt").state_dict
+    want = build("fcn32s_efficientnet_lite0", num_classes=11, pretrained=True).state_dict()
+    enc = [k for k in want if k.startswith("encoder.")]
+    assert any(k.endswith("running_mean") for k in enc)
+    for k in enc:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=k)
+    assert not torch.equal(got["score_fr.weight"], want["score_fr.weight"])  # the head did train
+
+
+def test_paper_recipe_from_the_cli_uses_the_papers_rate(tmp_path):
+    from fcnseg.cli import build_parser, train_config
+
+    def resolved(*argv):
+        return train_config(build_parser().parse_args(["train", *argv]))
+
+    assert resolved("--recipe", "paper", "--model", "fcn32s").lr == 1e-10
+    assert resolved("--recipe", "paper", "--model", "fcn8s", "--lr", "1e-13").lr == 1e-13
+    cfg_file = tmp_path / "c.json"
+    cfg_file.write_text(json.dumps({"recipe": "paper", "model": "fcn16s", "model_args": {"width": 0.5}}))
+    cfg = make_config(None, str(cfg_file), model_args={"pretrained": False})
+    assert (cfg.recipe, cfg.lr, cfg.loss) == ("paper", 1e-12, "sum")
+    assert cfg.model_args == {"width": 0.5, "pretrained": False}  # merged, not replaced
+    with pytest.raises(ValueError, match="val_every"):
+        make_config(val_every=0)
+
+
+def test_cli_resume_continues_the_run_in_its_own_folder(data_root, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "camvid", "--data", str(data_root / "camvid"), "--model-arg",
+                 f"width={TINY}", "--batch-size", "2", "--crop-size", "48", "--max-steps", "2", "--stop-at", "1",
+                 "--val-every", "5", "--max-val-images", "1", "--workers", "0", "--out", str(run), "--quiet"]) == 0
+    assert load_checkpoint(run / "last.pt").train_state["step"] == 1
+    # Nothing but --resume: model, data, batch size and the run folder come from the checkpoint.
+    assert main(["train", "--resume", str(run / "last.pt"), "--quiet"]) == 0
+    ck = load_checkpoint(run / "last.pt")
+    assert ck.train_state["step"] == 2 and ck.config["model_args"] == {"width": TINY}
+    assert main(["train", "--resume", str(run / "last.pt"), "--batch-size", "4", "--quiet"]) == 2

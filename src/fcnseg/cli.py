@@ -147,9 +147,9 @@ def _key_values(items: list[str] | None, flag: str = "--model-arg") -> dict[str,
     return model_args
 
 
-def _train(a: argparse.Namespace) -> int:
+def train_config(a: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig that ``fcnseg train`` flags ``a`` describe (resolved as the command does)."""
     from .config import make_config
-    from .train import run_train
 
     overrides = {f.name: getattr(a, f.name, None) for f in fields(TrainConfig) if f.name not in ("recipe",)}
     model_args = _key_values(a.model_args)
@@ -157,8 +157,29 @@ def _train(a: argparse.Namespace) -> int:
         model_args["pretrained"] = True
     overrides["model_args"] = model_args or None
     overrides["dataset_args"] = _key_values(a.dataset_args, "--dataset-arg") or None
-    cfg = make_config(a.recipe or "modern", a.config, **overrides)
-    best = run_train(cfg, progress=not a.quiet)
+    if a.resume:  # the run's own config is the base: flags change only what they name
+        from pathlib import Path
+
+        from .checkpoint import load_checkpoint
+
+        saved = load_checkpoint(a.resume).config or {}
+        names = {f.name for f in fields(TrainConfig)}
+        per_invocation = ("recipe", "resume", "overwrite", "stop_at", "init_from")
+        base = {k: v for k, v in saved.items() if k in names and k not in per_invocation}
+        for k, v in overrides.items():
+            if v is None:
+                continue
+            base[k] = {**base.get(k, {}), **v} if k in ("model_args", "dataset_args") else v
+        if not a.out_dir:
+            base["out_dir"] = str(Path(a.resume).parent)
+        return make_config(a.recipe or saved.get("recipe"), a.config, **base)
+    return make_config(a.recipe, a.config, **overrides)
+
+
+def _train(a: argparse.Namespace) -> int:
+    from .train import run_train
+
+    best = run_train(train_config(a), progress=not a.quiet)
     print(f"best checkpoint: {best}")
     return 0
 

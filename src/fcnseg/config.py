@@ -113,24 +113,33 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def make_config(recipe: str = "modern", file: str | None = None, **overrides: Any) -> TrainConfig:
-    """Resolve a config: defaults, then ``recipe``, then ``file`` (YAML or JSON), then ``overrides``.
+def make_config(recipe: str | None = None, file: str | None = None, **overrides: Any) -> TrainConfig:
+    """Resolve a config: defaults, then the recipe, then ``file`` (YAML or JSON), then ``overrides``.
 
-    Unknown keys are errors naming the key, so a typo never silently falls back to a default.
+    The recipe is ``recipe`` if given, else the file's ``recipe`` key, else ``"modern"``. Overrides of
+    ``None`` are ignored (unset flags); ``model_args`` and ``dataset_args`` are merged key by key. Unknown
+    keys are errors naming the key, so a typo never silently falls back to a default.
     """
+    from_file = _read_file(Path(file)) if file else {}
+    recipe = recipe or from_file.get("recipe") or "modern"
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
     values: dict[str, Any] = {"recipe": recipe, **RECIPES[recipe]}
-    if file:
-        values.update(_read_file(Path(file)))
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    for layer in (from_file, given):
+        for k, v in layer.items():
+            if k in ("model_args", "dataset_args") and isinstance(v, dict):
+                values[k] = {**values.get(k, {}), **v}
+            else:
+                values[k] = v
+    values["recipe"] = recipe
     names = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"unknown config keys {unknown}; known: {sorted(names)}")
     cfg = replace(TrainConfig(), **values)
-    if recipe == "paper" and "lr" not in overrides and not (file and "lr" in _read_file(Path(file))):
-        cfg.lr = paper_lr(cfg.model)
+    if recipe == "paper" and "lr" not in given and "lr" not in from_file:
+        cfg.lr = paper_lr(cfg.model)  # the reference's rate for the summed loss of this net's stage
     _validate(cfg)
     return cfg
 
@@ -159,6 +168,10 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.max_steps >= 1, "max_steps must be at least 1"),
         (0 <= cfg.stop_at <= cfg.max_steps, "stop_at must lie between 0 (off) and max_steps"),
         (cfg.lr > 0, "lr must be positive"),
+        (cfg.val_every >= 1, "val_every must be at least 1"),
+        (cfg.log_every >= 1, "log_every must be at least 1"),
+        (cfg.workers >= 0, "workers must be 0 or more"),
+        (cfg.crop_size >= 0, "crop_size must be 0 (whole images) or a side in pixels"),
         (0 < cfg.scale_min <= cfg.scale_max, "need 0 < scale_min <= scale_max"),
     ]
     for ok, msg in checks:

@@ -23,6 +23,16 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def set_train_mode(model: nn.Module) -> None:
+    """``model.train()``, except that a frozen encoder (no trainable parameter) stays in eval mode: it keeps
+    its batch-norm statistics and has no dropout (the paper's "fixed" variant trains only the head)."""
+    model.train()
+    inner = getattr(model, "module", model)  # DDP wraps the model
+    encoder = getattr(inner, "encoder", None)
+    if encoder is not None and not any(p.requires_grad for p in encoder.parameters()):
+        encoder.eval()
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable[tuple[Tensor, Tensor]],
@@ -43,11 +53,7 @@ def train_one_epoch(
 
     ``on_step(step, loss, images_per_s)`` runs after every optimiser step (logging, validation, checkpoints).
     """
-    model.train()
-    inner = getattr(model, "module", model)  # DDP wraps the model
-    encoder = getattr(inner, "encoder", None)
-    if encoder is not None and not any(p.requires_grad for p in encoder.parameters()):
-        encoder.eval()  # a frozen encoder keeps its batch-norm statistics and has no dropout
+    set_train_mode(model)
     total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
     bar = tqdm(total=total, desc="train", unit="batch", disable=not progress, dynamic_ncols=True, mininterval=1)
     t0, seen = time.perf_counter(), 0

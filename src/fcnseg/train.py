@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from . import data as fdata
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distributed import ShardedSampler, init_distributed, is_main
-from .engine import evaluate, train_one_epoch
+from .engine import evaluate, set_train_mode, train_one_epoch
 from .models import build
 from .normalization import get_normalization
 
@@ -108,6 +110,10 @@ def _prepare_out_dir(cfg: TrainConfig) -> Path:
         raise FileExistsError(f"run folder {out} exists and is not empty: pass --overwrite, --resume, "
                               "or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.overwrite and not cfg.resume:  # a new run: none of the old run's files may pass for this one's
+        for name in ("log.jsonl", "best.pt", "last.pt", "config.json"):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)
     return out
 
 
@@ -160,6 +166,11 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> Path:
         ck = load_checkpoint(cfg.resume)
         if ck.train_state is None:
             raise ValueError(f"{cfg.resume} holds no training state (optimiser, step): cannot resume from it")
+        saved = ck.config or {}
+        for key in ("model", "batch_size", "dataset", "train_split", "seed"):
+            if key in saved and saved[key] != getattr(cfg, key):
+                raise ValueError(f"{cfg.resume} was trained with {key}={saved[key]!r}, not {getattr(cfg, key)!r}: "
+                                 f"resume with the same {key} (or start a new run with --init-from)")
         model.load_state_dict(ck.state_dict)
         optimizer.load_state_dict(ck.train_state["optimizer"])
         scheduler.load_state_dict(ck.train_state["scheduler"])
@@ -201,7 +212,7 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> Path:
             cm = evaluate(model, val_loader, num_classes=len(classes), norm=norm, device=device,
                           ignore_index=ignore, amp=amp, progress=progress and main)
             m = cm.compute()
-            model.train()
+            set_train_mode(model)
             if main:
                 metrics = {"step": s, **{k: v for k, v in m.to_dict().items()}}
                 _log(out, writer, {"step": s, "val_pixel_acc": m.pixel_acc, "val_mean_acc": m.mean_acc,
@@ -218,7 +229,7 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> Path:
         sampler.set_epoch(epoch, start)
         samples.epoch = epoch
         loader = DataLoader(samples, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                            collate_fn=lambda b: fdata.pad_collate(b, ignore_index=ignore),
+                            collate_fn=functools.partial(fdata.pad_collate, ignore_index=ignore),
                             generator=torch.Generator().manual_seed(cfg.seed + epoch),
                             pin_memory=device.type == "cuda", drop_last=False)
         epoch_start_step = step
