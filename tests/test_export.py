@@ -89,3 +89,13 @@ def test_int8_onnx_export_is_quantised_and_close(tmp_path, data_root):
     # Calibration images are required; int8 is for ONNX only.
     assert main(["export", str(path), "-o", str(tmp_path / "t.pt"), "--format", "torchscript", "--int8",
                  str(train[0])]) == 2
+
+
+def test_export_format_follows_the_suffix(tmp_path):
+    ck = _checkpoint("fcn32s")
+    path = tmp_path / "m.ckpt"
+    save_checkpoint(ck, path)
+    assert main(["export", str(path), "-o", str(tmp_path / "m.pt")]) == 0
+    assert torch.jit.load(str(tmp_path / "m.pt"))(torch.zeros(1, 3, 20, 30)).shape == (1, 3, 20, 30)
+    assert main(["export", str(path), "-o", str(tmp_path / "x.onnx"), "--format", "torchscript"]) == 2
+    assert not (tmp_path / "x.onnx").exists()

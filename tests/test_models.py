@@ -204,3 +204,8 @@ def test_fc6_gemm_path_keeps_the_network_output(monkeypatch):
         monkeypatch.setattr(GemmConv2d, "use_gemm", False)
         plain = model(x)
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_factory_arguments_are_named():
+    with pytest.raises(ValueError, match="'fcn8s' takes no argument 'pretrained'"):
+        build("fcn8s", pretrained=True)

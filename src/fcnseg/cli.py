@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from dataclasses import MISSING, fields
+from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig
@@ -106,7 +107,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript (dynamic H, W)")
     p.add_argument("checkpoint")
     p.add_argument("-o", "--out", required=True, help="output file (.onnx or .pt)")
-    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default=None,
+                   help="default: from the suffix of OUT (.onnx -> onnx, .pt/.ts -> torchscript)")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--int8", metavar="IMAGES", nargs="+", default=None,
                    help="quantise the ONNX graph to int8 (ONNX Runtime, static), calibrating on these image "
@@ -158,8 +160,6 @@ def train_config(a: argparse.Namespace) -> TrainConfig:
     overrides["model_args"] = model_args or None
     overrides["dataset_args"] = _key_values(a.dataset_args, "--dataset-arg") or None
     if a.resume:  # the run's own config is the base: flags change only what they name
-        from pathlib import Path
-
         from .checkpoint import load_checkpoint
 
         saved = load_checkpoint(a.resume).config or {}
@@ -211,15 +211,18 @@ def _export(a: argparse.Namespace) -> int:
         from .predict import collect_inputs
 
         calibration = collect_inputs(a.int8)[: a.calibration_images]
-    path = export_model(a.checkpoint, a.out, fmt=a.format, opset=a.opset, overwrite=a.overwrite,
+    suffix_fmt = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript"}.get(Path(a.out).suffix.lower())
+    fmt = a.format or suffix_fmt or "onnx"
+    if suffix_fmt and suffix_fmt != fmt:
+        raise ValueError(f"-o {a.out}: a {Path(a.out).suffix} file for --format {fmt}; use .onnx for onnx and "
+                         ".pt or .ts for torchscript")
+    path = export_model(a.checkpoint, a.out, fmt=fmt, opset=a.opset, overwrite=a.overwrite,
                         int8_calibration=calibration)
     print(f"wrote {path}")
     return 0
 
 
 def _convert(a: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .convert import convert_caffemodel, convert_torchvision_vgg16
 
     if not Path(a.source).is_file():

@@ -51,7 +51,7 @@ def run_eval(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
     if root is None:
         from .config import TrainConfig
 
-        root = TrainConfig(dataset=dataset, data_root=cfg.get("data_root", "")).resolved_data_root()
+        root = TrainConfig(dataset=dataset, data_root=cfg.get("data_root", "") if same else "").resolved_data_root()
     out_path = Path(out) if out else None
     if out_path is not None and out_path.exists() and not overwrite:
         raise FileExistsError(f"{out_path} exists: pass --overwrite or choose another --out")

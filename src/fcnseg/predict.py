@@ -124,6 +124,11 @@ def _scorer(ck: Checkpoint, dev: torch.device, engine: str, onnx_file: str | Non
     if engine == "onnxruntime":
         if not onnx_file:
             raise ValueError("--engine onnxruntime needs --onnx FILE (made by `fcnseg export --format onnx`)")
+        if flip or window or precision != "fp32":
+            raise ValueError("--flip, --window and --precision are for --engine torch; the ONNX file fixes its "
+                             "own precision (export with --int8 for int8)")
+        if not Path(onnx_file).is_file():
+            raise FileNotFoundError(f"--onnx {onnx_file}: no such file")
         import onnxruntime as ort
 
         sess = ort.InferenceSession(onnx_file, providers=["CPUExecutionProvider"])

@@ -8,6 +8,7 @@ paper's ``seg11valid``), ``"sbd"`` (SBD, including the paper's training set ``tr
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -40,4 +41,10 @@ def build_dataset(
         raise ValueError(f"unknown dataset kind {kind!r}; available: {', '.join(DATASETS)}")
     if split is None and kind != "folder":
         raise ValueError(f"dataset kind {kind!r} needs a split")
+    params = inspect.signature(DATASETS[kind]).parameters
+    unknown = sorted(k for k in kw if k not in params or k in ("root", "split", "transforms"))
+    if unknown:
+        allowed = [p for p in params if p not in ("self", "root", "split", "transforms")]
+        raise ValueError(f"dataset {kind!r} takes no argument {', '.join(map(repr, unknown))}"
+                         f"{'; it takes: ' + ', '.join(allowed) if allowed else ' (it takes none)'}")
     return DATASETS[kind](root, split, transforms, **kw)

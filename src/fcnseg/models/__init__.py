@@ -7,6 +7,7 @@ The paper's networks (arXiv:1411.4038): ``fcn32s``, ``fcn16s``, ``fcn8s`` (stage
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -42,7 +43,14 @@ def build(name: str, **kwargs: Any) -> nn.Module:
     _load_backbones()
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**kwargs)
+    factory = _REGISTRY[name]
+    params = inspect.signature(factory).parameters
+    unknown = sorted(k for k in kwargs if k not in params)
+    if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        raise ValueError(f"model {name!r} takes no argument {', '.join(map(repr, unknown))}; it takes: "
+                         f"{', '.join(params)}" + (" (ImageNet weights: the *_efficientnet_lite* models, or "
+                                                    "`fcnseg convert` for VGG16)" if "pretrained" in unknown else ""))
+    return factory(**kwargs)
 
 
 def _load_backbones() -> None:

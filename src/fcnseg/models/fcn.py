@@ -68,7 +68,8 @@ class BilinearUpsample(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.learnable and self.use_matmul and x.device.type == "cpu" and not exporting():
             a_h, a_w = self._band(x.shape[-2], x), self._band(x.shape[-1], x)
-            return a_h @ x @ a_w.t()  # (N, C, H, W) -> (N, C, (H-1)s+k, (W-1)s+k)
+            # (N, C, H, W) -> (N, C, (H-1)s+k, (W-1)s+k); the GEMMs want NCHW rows (channels-last is copied once)
+            return a_h @ x.contiguous() @ a_w.t()
         groups = 1 if self.learnable else self.channels
         return F.conv_transpose2d(x, self.weight.to(x.dtype), stride=self.stride, groups=groups)
 
