@@ -123,18 +123,17 @@ def runner(model: torch.nn.Module, mode: str, x: torch.Tensor, tmp: Path) -> Cal
         sess = ort.InferenceSession(str(f), so, providers=["CPUExecutionProvider"])
         xn = x.cpu().numpy()
         return lambda: sess.run(None, {"x": xn})
-    if mode in ("fp32_plain", "channels_last_plain"):  # without our CPU paths: fc6 and upsampling as convolutions
+    if mode in ("fp32_plain", "channels_last_plain"):  # without our CPU path: upsampling as depthwise deconv
         from fcnseg.models import BilinearUpsample
-        from fcnseg.models.vgg import GemmConv2d
 
         inner = runner(model, mode.removesuffix("_plain"), x, tmp)
 
         def plain() -> object:
-            GemmConv2d.use_gemm = BilinearUpsample.use_matmul = False
+            BilinearUpsample.use_matmul = False
             try:
                 return inner()
             finally:
-                GemmConv2d.use_gemm = BilinearUpsample.use_matmul = True
+                BilinearUpsample.use_matmul = True
 
         return plain
     cl = mode in ("channels_last", "bf16", "compile")

@@ -171,41 +171,6 @@ def test_staged_initialisation():
     torch.testing.assert_close(f8.encoder.conv1_1.weight, f32.encoder.conv1_1.weight)
 
 
-@pytest.mark.parametrize("kw", [dict(kernel_size=7), dict(kernel_size=3, stride=2, padding=1),
-                                dict(kernel_size=(3, 2), dilation=2)])
-def test_gemm_conv_equals_the_convolution(kw, monkeypatch):
-    from fcnseg.models.vgg import GemmConv2d
-
-    torch.manual_seed(0)
-    m = GemmConv2d(6, 10, **kw).eval()
-    x = torch.randn(2, 6, 13, 11)
-    with torch.no_grad():
-        fast = m(x)
-        fast_cl = m(x.to(memory_format=torch.channels_last))
-        monkeypatch.setattr(GemmConv2d, "use_gemm", False)
-        plain = m(x)
-    torch.testing.assert_close(fast, plain, rtol=0, atol=1e-5)
-    torch.testing.assert_close(fast_cl, plain, rtol=0, atol=1e-5)
-    assert fast_cl.is_contiguous(memory_format=torch.channels_last)
-    # With autograd on, the plain convolution runs (and its gradient): same values.
-    torch.testing.assert_close(m(x), plain, rtol=0, atol=1e-5)
-
-
-def test_fc6_gemm_path_keeps_the_network_output(monkeypatch):
-    from fcnseg.models.vgg import GemmConv2d
-
-    model = tiny("fcn8s", num_classes=4)
-    assert type(model.encoder.fc6) is GemmConv2d
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.05)
-        x = torch.randn(1, 3, 61, 47)
-        fast = model(x)
-        monkeypatch.setattr(GemmConv2d, "use_gemm", False)
-        plain = model(x)
-    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
-
-
 def test_unknown_factory_arguments_are_named():
     with pytest.raises(ValueError, match="'fcn8s' takes no argument 'pretrained'"):
         build("fcn8s", pretrained=True)

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ._util import exporting
 from .geometry import CoordMap, coord_map
 
-__all__ = ["VGG16Trunk", "AlexNetTrunk", "GemmConv2d", "convolutionalize_vgg16", "TORCHVISION_VGG16_CONVS"]
+__all__ = ["VGG16Trunk", "AlexNetTrunk", "convolutionalize_vgg16", "TORCHVISION_VGG16_CONVS"]
 
 # (stage, number of 3x3 convolutions, channels) of VGG16 (Simonyan & Zisserman, configuration D).
 _VGG16_STAGES = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
@@ -31,40 +29,6 @@ TORCHVISION_VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 
 def _ch(c: int, width: float) -> int:
     return max(1, round(c * width))
-
-
-class GemmConv2d(nn.Conv2d):
-    """A convolution that, in CPU inference, runs as one im2col + GEMM (the paper's fc6: 7x7x512 -> 4096).
-
-    The convolutionalised ``fc6`` has a large kernel applied at few positions (16x12 at 500x375); oneDNN's
-    direct convolution reaches a fraction of the machine's GEMM throughput there, while unfolding the
-    input and multiplying by the (4096, 25088) weight matrix is the GEMM the classifier itself was. Same
-    parameters and state-dict keys as ``nn.Conv2d``; results equal to rounding (tests: 1e-5). The plain
-    convolution is used for training (autograd), on GPU, in other dtypes than float32/bfloat16, and whenever
-    the model is traced, scripted, compiled or exported, so exported graphs hold a standard ``Conv``.
-    """
-
-    use_gemm: bool = True  # class-wide switch, e.g. for benchmarks comparing both paths
-
-    def forward(self, x: Tensor) -> Tensor:
-        if (not self.use_gemm or x.device.type != "cpu" or torch.is_grad_enabled() or self.groups != 1
-                or x.dtype not in (torch.float32, torch.bfloat16) or self.padding_mode != "zeros" or exporting()):
-            return super().forward(x)
-        n, _, h, w = x.shape
-        kh, kw = self.kernel_size
-        (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
-        oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-        if oh <= 0 or ow <= 0:
-            return super().forward(x)  # let the convolution raise its usual error
-        cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
-        weight = self.weight.to(x.dtype).reshape(self.out_channels, -1)
-        y = torch.matmul(weight, cols)  # (N, out, oh * ow)
-        if self.bias is not None:
-            y = y + self.bias.to(x.dtype)[:, None]
-        y = y.reshape(n, self.out_channels, oh, ow)
-        return y.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
-            memory_format=torch.channels_last) and not x.is_contiguous() else y
 
 
 class _Trunk(nn.Module):
@@ -138,7 +102,7 @@ class VGG16Trunk(_Trunk):
                 c_in = c
             self._add(f"pool{stage}", nn.MaxPool2d(2, 2, ceil_mode=True))
         fc = _ch(4096, width)
-        self._add("fc6", GemmConv2d(c_in, fc, 7))
+        self._add("fc6", nn.Conv2d(c_in, fc, 7))
         self._add("drop6", nn.Dropout(dropout))
         self._add("fc7", nn.Conv2d(fc, fc, 1))
         self._add("drop7", nn.Dropout(dropout))
@@ -168,7 +132,7 @@ class AlexNetTrunk(_Trunk):
         self._add("conv4", nn.Conv2d(c3, c3, 3, padding=1, groups=2))
         self._add("conv5", nn.Conv2d(c3, c5, 3, padding=1, groups=2))
         self._add("pool5", nn.MaxPool2d(3, 2, ceil_mode=True))
-        self._add("fc6", GemmConv2d(c5, fc, 6))
+        self._add("fc6", nn.Conv2d(c5, fc, 6))
         self._add("drop6", nn.Dropout(dropout))
         self._add("fc7", nn.Conv2d(fc, fc, 1))
         self._add("drop7", nn.Dropout(dropout))
