@@ -174,9 +174,9 @@ def train_throughput(name: str, batch: int, device: torch.device, steps: int, am
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**30
     else:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+        # VmHWM: this process's own peak RSS (ru_maxrss would carry over the parent's peak across fork/exec).
+        status = Path("/proc/self/status").read_text()
+        peak = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 2**20
     return {"images_per_s": batch / statistics.median(ts), "peak_gib": peak, "steps": steps}
 
 
@@ -202,6 +202,8 @@ def upsampling_times(device: torch.device, reps: int) -> list[dict[str, float]]:
                 row[f"{path}_ms"] = statistics.median(time_fn(lambda m=frozen, x=x: m(x), device, reps)) * 1e3
                 row[f"{path}_max_abs_diff"] = (frozen(x) - want).abs().max().item()
             BilinearUpsample.use_matmul = True
+            xc = x.contiguous(memory_format=torch.channels_last)  # the channels-last path: depthwise
+            row["depthwise_cl_ms"] = statistics.median(time_fn(lambda m=frozen, x=xc: m(x), device, reps)) * 1e3
         rows.append(row)
     return rows
 
@@ -339,12 +341,13 @@ def main() -> None:
         else:
             print(f"| {t['model']} | {t['batch']} | {t['images_per_s']:.2f} | {t['peak_gib']:.2f} | {t['steps']} |")
     print("\n| upscore8 (frozen bilinear, 88x72, x8) | dense ms | depthwise ms (saving) | banded matmul ms (saving) "
-          "| max abs diff to dense |")
-    print("|---|---:|---:|---:|---:|")
+          "| depthwise channels-last ms (saving) | max abs diff to dense |")
+    print("|---|---:|---:|---:|---:|---:|")
     for u in ups:
         d = u["dense_ms"]
         print(f"| {u['classes']} classes | {d:.1f} | {u['depthwise_ms']:.1f} ({d / u['depthwise_ms']:.1f}x) | "
               f"{u['matmul_ms']:.1f} ({d / u['matmul_ms']:.1f}x) | "
+              f"{u['depthwise_cl_ms']:.1f} ({d / u['depthwise_cl_ms']:.1f}x) | "
               f"{max(u['depthwise_max_abs_diff'], u['matmul_max_abs_diff']):.1e} |")
     if pred:
         print(f"\npredict over a folder ({pred['images']} images, {a.checkpoint}): "

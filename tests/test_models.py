@@ -124,6 +124,8 @@ def test_frozen_upsampling_equals_dense(channels, factor, kernel, monkeypatch):
     with torch.no_grad():
         want = dense(x)
         torch.testing.assert_close(frozen(x), want, atol=1e-5, rtol=0)  # banded matrix products (CPU)
+        cl = x.contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(frozen(cl), want, atol=1e-5, rtol=0)  # channels-last: depthwise
         monkeypatch.setattr(BilinearUpsample, "use_matmul", False)
         torch.testing.assert_close(frozen(x), want, atol=1e-5, rtol=0)  # depthwise transposed convolution
 

@@ -43,8 +43,8 @@ class BilinearUpsample(nn.Module):
 
     Frozen (the reference's choice, ``learnable=False``) it never touches the dense ``channels x channels``
     kernel, which is zero off the diagonal, and holds no parameters. It is applied as a depthwise transposed
-    convolution, or, on CPU (``use_matmul``), as the same operator factored: the bilinear kernel is the outer
-    product of a 1-D kernel ``a``, so each class map ``X`` (H, W) becomes ``A_h @ X @ A_w.T`` with banded
+    convolution, or, on CPU for NCHW input (``use_matmul``), as the same operator factored: the bilinear
+    kernel is the outer product of a 1-D kernel ``a``, so each class map ``X`` (H, W) becomes ``A_h @ X @ A_w.T`` with banded
     matrices ``A[o, i] = a[o - stride * i]``: two batched GEMMs instead of a depthwise kernel that CPUs run
     poorly (benchmarks/speed.py). Learnable, it is the full dense kernel initialised to the same diagonal, as
     in the reference's learnable variant.
@@ -66,10 +66,12 @@ class BilinearUpsample(nn.Module):
             self.register_buffer("weight", k.expand(channels, 1, -1, -1).clone(), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.learnable and self.use_matmul and x.device.type == "cpu" and not exporting():
+        # NCHW on CPU: banded GEMMs. Channels-last: oneDNN's depthwise deconvolution is fast in NHWC, and a
+        # layout change would cost the following crops and sums more than the GEMMs save (speed.py).
+        if (not self.learnable and self.use_matmul and x.device.type == "cpu" and x.is_contiguous()
+                and not exporting()):
             a_h, a_w = self._band(x.shape[-2], x), self._band(x.shape[-1], x)
-            # (N, C, H, W) -> (N, C, (H-1)s+k, (W-1)s+k); the GEMMs want NCHW rows (channels-last is copied once)
-            return a_h @ x.contiguous() @ a_w.t()
+            return a_h @ x @ a_w.t()  # (N, C, H, W) -> (N, C, (H-1)s+k, (W-1)s+k)
         groups = 1 if self.learnable else self.channels
         return F.conv_transpose2d(x, self.weight.to(x.dtype), stride=self.stride, groups=groups)
 
