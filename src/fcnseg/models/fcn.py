@@ -44,10 +44,10 @@ class BilinearUpsample(nn.Module):
     Frozen (the reference's choice, ``learnable=False``) it never touches the dense ``channels x channels``
     kernel, which is zero off the diagonal, and holds no parameters. It is applied as a depthwise transposed
     convolution, or, on CPU for NCHW input (``use_matmul``), as the same operator factored: the bilinear
-    kernel is the outer product of a 1-D kernel ``a``, so each class map ``X`` (H, W) becomes ``A_h @ X @ A_w.T`` with banded
-    matrices ``A[o, i] = a[o - stride * i]``: two batched GEMMs instead of a depthwise kernel that CPUs run
-    poorly (benchmarks/speed.py). Learnable, it is the full dense kernel initialised to the same diagonal, as
-    in the reference's learnable variant.
+    kernel is the outer product of a 1-D kernel ``a``, so each class map ``X`` (H, W) becomes
+    ``A_h @ X @ A_w.T`` with banded matrices ``A[o, i] = a[o - stride * i]``: two batched GEMMs instead of a
+    depthwise kernel that CPUs run poorly in NCHW (benchmarks/speed.py). Learnable, it is the full dense kernel
+    initialised to the same diagonal, as in the reference's learnable variant.
     """
 
     is_transposed = True  # for geometry.layer_map
