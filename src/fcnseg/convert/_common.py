@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from ..checkpoint import Checkpoint, save_checkpoint
+from ..classes import VOC_CLASSES, voc_palette
 from ..models import FCN, build
 from ..normalization import Normalization
 
@@ -20,30 +21,6 @@ PathLike = str | os.PathLike[str]
 
 class ConvertError(ValueError):
     """Weights that cannot become the requested fcnseg model; the message names the file and the layer."""
-
-
-# PASCAL VOC's 20 classes and background, in label order: the reference caffemodels' 21 outputs.
-# A copy of fcnseg.data's table (tests check they agree), so converting needs none of the data stack.
-VOC_CLASSES = [
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-    "tvmonitor",
-]
-
-
-def voc_palette(n: int) -> list[tuple[int, int, int]]:
-    """The VOC devkit's colour map (``labelcolormap.m``) for labels ``0 .. n-1``: i's bits over R, G, B."""
-    palette = []
-    for i in range(n):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= (c & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette.append((r, g, b))
-    return palette
 
 
 def class_table(num_classes: int, classes: Sequence[str] | None

@@ -15,30 +15,10 @@ from pathlib import Path
 import numpy as np
 from scipy.io import loadmat
 
+from ..classes import VOC_CLASSES, voc_palette
 from .base import DataError, SegmentationDataset, Transforms, index_array, open_mask, read_ids, require_dir
 
 __all__ = ["VOC_CLASSES", "voc_palette", "seg11valid_ids", "VOCSegmentation", "SBDSegmentation"]
-
-VOC_CLASSES = [
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-    "tvmonitor",
-]
-
-
-def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
-    """The VOC devkit's colour map (``labelcolormap.m``): the bits of index ``i`` spread over R, G, B."""
-    palette = []
-    for i in range(n):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= (c & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette.append((r, g, b))
-    return palette
 
 
 def seg11valid_ids() -> list[str]:
