@@ -285,6 +285,13 @@ def main() -> None:
             left = a.budget - (time.perf_counter() - t_start)
             if mode == "compile" and not hasattr(torch, "compile"):
                 continue
+            # Skip before building anything when even an optimistic estimate (50% of the ceiling, plus a
+            # minute to compile) does not fit: a first call alone costs 14 s for VGG16 at batch 8.
+            guess = flops[name] * b / (0.5 * (ceil16 if mode == "bf16" else ceil32) * 1e9) * (a.reps + 3)
+            guess += 60 if mode == "compile" else 0
+            if guess > left:
+                skipped.append(f"{name} b{b} {mode} (est. >= {guess:.0f} s, {left:.0f} s left)")
+                continue
             if name not in models:
                 models = {name: make_model(name).to(device)}  # one model in memory at a time
             model = models[name]
