@@ -123,19 +123,6 @@ def runner(model: torch.nn.Module, mode: str, x: torch.Tensor, tmp: Path) -> Cal
         sess = ort.InferenceSession(str(f), so, providers=["CPUExecutionProvider"])
         xn = x.cpu().numpy()
         return lambda: sess.run(None, {"x": xn})
-    if mode in ("fp32_plain", "channels_last_plain"):  # without our CPU path: upsampling as depthwise deconv
-        from fcnseg.models import BilinearUpsample
-
-        inner = runner(model, mode.removesuffix("_plain"), x, tmp)
-
-        def plain() -> object:
-            BilinearUpsample.use_matmul = False
-            try:
-                return inner()
-            finally:
-                BilinearUpsample.use_matmul = True
-
-        return plain
     cl = mode in ("channels_last", "bf16", "compile")
     m = model.to(memory_format=torch.channels_last) if cl else model
     xi = x.to(memory_format=torch.channels_last) if cl else x
@@ -181,7 +168,7 @@ def train_throughput(name: str, batch: int, device: torch.device, steps: int, am
 
 
 def upsampling_times(device: torch.device, reps: int) -> list[dict[str, float]]:
-    """Frozen bilinear upsampling: the dense (K, K, 16, 16) transposed convolution vs our depthwise one.
+    """Frozen bilinear upsampling: the dense (K, K, 16, 16) transposed convolution vs our depthwise one (NCHW, NHWC).
 
     FCN-8s's ``upscore8`` (factor 8, kernel 16) on the fused stride-8 scores of a 500x375 image
     (padded by 100 as in the reference: 88x72 positions), batch 1, for K = 21 (VOC) and 150 (ADE20K) classes.
@@ -196,13 +183,10 @@ def upsampling_times(device: torch.device, reps: int) -> list[dict[str, float]]:
         with torch.no_grad():
             t_dense = statistics.median(time_fn(lambda m=dense, x=x: m(x), device, reps))
             want = dense(x)
-            row = {"classes": k, "dense_ms": t_dense * 1e3}
-            for path, use_matmul in (("depthwise", False), ("matmul", True)):
-                BilinearUpsample.use_matmul = use_matmul
-                row[f"{path}_ms"] = statistics.median(time_fn(lambda m=frozen, x=x: m(x), device, reps)) * 1e3
-                row[f"{path}_max_abs_diff"] = (frozen(x) - want).abs().max().item()
-            BilinearUpsample.use_matmul = True
-            xc = x.contiguous(memory_format=torch.channels_last)  # the channels-last path: depthwise
+            row = {"classes": k, "dense_ms": t_dense * 1e3,
+                   "depthwise_ms": statistics.median(time_fn(lambda m=frozen, x=x: m(x), device, reps)) * 1e3,
+                   "max_abs_diff": (frozen(x) - want).abs().max().item()}
+            xc = x.contiguous(memory_format=torch.channels_last)
             row["depthwise_cl_ms"] = statistics.median(time_fn(lambda m=frozen, x=xc: m(x), device, reps)) * 1e3
         rows.append(row)
     return rows
@@ -266,8 +250,6 @@ def main() -> None:
     for b in (1, 8):
         for name in ["fcn8s", peer, "fcn8s_efficientnet_lite0"]:
             plan += [(name, b, m) for m in modes]
-            if name != peer and not gpu:
-                plan += [(name, b, m) for m in ("fp32_plain", "channels_last_plain")]
     for b in (1, 8):
         for name in vgg[1:] + lite[1:]:
             plan += [(name, b, m) for m in ("fp32", "bf16")]
@@ -347,15 +329,13 @@ def main() -> None:
             print(f"| {t['model']} | {t['batch']} | error: {t['error']} | | |")
         else:
             print(f"| {t['model']} | {t['batch']} | {t['images_per_s']:.2f} | {t['peak_gib']:.2f} | {t['steps']} |")
-    print("\n| upscore8 (frozen bilinear, 88x72, x8) | dense ms | depthwise ms (saving) | banded matmul ms (saving) "
+    print("\n| upscore8 (frozen bilinear, 88x72, x8) | dense ms | depthwise ms (saving) "
           "| depthwise channels-last ms (saving) | max abs diff to dense |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|")
     for u in ups:
         d = u["dense_ms"]
         print(f"| {u['classes']} classes | {d:.1f} | {u['depthwise_ms']:.1f} ({d / u['depthwise_ms']:.1f}x) | "
-              f"{u['matmul_ms']:.1f} ({d / u['matmul_ms']:.1f}x) | "
-              f"{u['depthwise_cl_ms']:.1f} ({d / u['depthwise_cl_ms']:.1f}x) | "
-              f"{max(u['depthwise_max_abs_diff'], u['matmul_max_abs_diff']):.1e} |")
+              f"{u['depthwise_cl_ms']:.1f} ({d / u['depthwise_cl_ms']:.1f}x) | {u['max_abs_diff']:.1e} |")
     if pred:
         print(f"\npredict over a folder ({pred['images']} images, {a.checkpoint}): "
               f"{pred['predict_images_per_s']:.2f} images/s with decoding and PNG writing; forward passes alone "

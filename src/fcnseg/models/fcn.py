@@ -14,7 +14,6 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ._util import exporting
 from .geometry import CoordMap, crop_offset, layer_map
 
 __all__ = ["FCN", "BilinearUpsample", "bilinear_kernel", "Encoder"]
@@ -41,17 +40,14 @@ def bilinear_kernel(size: int) -> Tensor:
 class BilinearUpsample(nn.Module):
     """Transposed convolution initialised to bilinear interpolation, class by class (section 3.3).
 
-    Frozen (the reference's choice, ``learnable=False``) it never touches the dense ``channels x channels``
-    kernel, which is zero off the diagonal, and holds no parameters. It is applied as a depthwise transposed
-    convolution, or, on CPU for NCHW input (``use_matmul``), as the same operator factored: the bilinear
-    kernel is the outer product of a 1-D kernel ``a``, so each class map ``X`` (H, W) becomes
-    ``A_h @ X @ A_w.T`` with banded matrices ``A[o, i] = a[o - stride * i]``: two batched GEMMs instead of a
-    depthwise kernel that CPUs run poorly in NCHW (benchmarks/speed.py). Learnable, it is the full dense kernel
-    initialised to the same diagonal, as in the reference's learnable variant.
+    Frozen (the reference's choice, ``learnable=False``) it is applied as a depthwise transposed convolution:
+    the dense ``channels x channels`` kernel is zero off the diagonal, so computing only the diagonal gives
+    the same output for a fraction of the work (4-6x less time at 21-150 classes in NCHW, 9-47x channels-last:
+    benchmarks/RESULTS.md) and holds no parameters. Learnable, it is the full dense kernel initialised to the
+    same diagonal, as in the reference's learnable variant.
     """
 
     is_transposed = True  # for geometry.layer_map
-    use_matmul: bool = True  # class-wide switch for the CPU path of the frozen variant
 
     def __init__(self, channels: int, factor: int, kernel_size: int, *, learnable: bool = False):
         super().__init__()
@@ -66,25 +62,8 @@ class BilinearUpsample(nn.Module):
             self.register_buffer("weight", k.expand(channels, 1, -1, -1).clone(), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        # NCHW on CPU: banded GEMMs. Channels-last: oneDNN's depthwise deconvolution is fast in NHWC, and a
-        # layout change would cost the following crops and sums more than the GEMMs save (speed.py).
-        if (not self.learnable and self.use_matmul and x.device.type == "cpu" and x.is_contiguous()
-                and not exporting()):
-            a_h, a_w = self._band(x.shape[-2], x), self._band(x.shape[-1], x)
-            return a_h @ x @ a_w.t()  # (N, C, H, W) -> (N, C, (H-1)s+k, (W-1)s+k)
         groups = 1 if self.learnable else self.channels
         return F.conv_transpose2d(x, self.weight.to(x.dtype), stride=self.stride, groups=groups)
-
-    def _band(self, n_in: int, like: Tensor) -> Tensor:
-        """(n_out, n_in) matrix of the 1-D transposed convolution: column i holds the 1-D kernel at i*stride."""
-        k = self.kernel_size
-        a = self.weight[0, 0].sum(1) / self.weight[0, 0].sum().sqrt()  # the 1-D factor: outer(a, a) = kernel
-        n_out = (n_in - 1) * self.stride + k
-        cols = torch.arange(n_in, device=like.device).expand(k, n_in)  # (k, n_in)
-        rows = cols * self.stride + torch.arange(k, device=like.device)[:, None]
-        band = torch.zeros(n_out, n_in, dtype=like.dtype, device=like.device)
-        band[rows, cols] = a.to(like.dtype)[:, None].expand(k, n_in)
-        return band
 
     def extra_repr(self) -> str:
         return (
