@@ -75,7 +75,8 @@ def main() -> None:
         ref = None
         for m, run in runners.items():
             with torch.no_grad():
-                run(x) if i == 0 else None  # warm-up on the first image
+                if i == 0:
+                    run(x)  # warm-up on the first image
                 t = time.perf_counter()
                 pred = run(x).argmax(1)
                 times[m].append(time.perf_counter() - t)

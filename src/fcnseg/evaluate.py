@@ -57,7 +57,7 @@ def run_eval(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
         raise FileExistsError(f"{out_path} exists: pass --overwrite or choose another --out")
 
     _, _, dev = init_distributed(device)
-    ds = fdata.build_dataset(dataset, root, split, **(cfg.get("dataset_args") or {} if same else {}))
+    ds = fdata.build_dataset(dataset, root, split, **((cfg.get("dataset_args") or {}) if same else {}))
     if skip_bad:
         ds.check(skip_bad=True, progress=progress and is_main())
     if len(ds) == 0:
