@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
-from torchvision.transforms.v2.functional import pil_to_tensor
 from tqdm import tqdm
+
+from ..io import DataError, open_mask, read_image
 
 __all__ = [
     "IGNORE_INDEX", "DataError", "SegmentationDataset", "Transforms", "read_image", "open_mask",
@@ -33,10 +34,6 @@ IGNORE_INDEX = 255
 Transforms = Callable[[tv_tensors.Image, tv_tensors.Mask], tuple[tv_tensors.Image, tv_tensors.Mask]]
 
 _SKIP_FIX = "or drop it with dataset.check(skip_bad=True)"
-
-
-class DataError(ValueError):
-    """A dataset file or folder is missing or malformed; the message names the file and says the fix."""
 
 
 class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
@@ -140,33 +137,6 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
         return f"{type(self).__name__}({len(self)} samples, {self.num_classes} classes)"
 
 
-def read_image(path: Path) -> torch.Tensor:
-    """Decode an image file fully into a uint8 (3, H, W) RGB tensor; grey and palette images become RGB.
-
-    Raises :class:`DataError` when the file is unreadable or truncated.
-    """
-    _refuse_truncated()
-    try:
-        with Image.open(path) as im:
-            im.load()  # decode now: PIL is lazy, and truncation only shows while decoding
-            rgb = im.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: cannot read image ({e}); fix: re-download or re-encode it, {_SKIP_FIX}") \
-            from e
-    return pil_to_tensor(rgb)
-
-
-def open_mask(path: Path) -> Image.Image:
-    """Open and fully decode a mask image (any PIL mode); raises :class:`DataError` when unreadable."""
-    _refuse_truncated()
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: cannot read mask ({e}); fix: re-create the mask file, {_SKIP_FIX}") from e
-
-
 def index_array(im: Image.Image, path: Path) -> np.ndarray:
     """Labels (H, W) of a single-channel index mask: palette ("P") PNGs give their indices, not colours."""
     if im.mode not in ("P", "L", "I", "I;16", "1"):
@@ -236,12 +206,3 @@ def read_ids(path: Path, fix: str) -> list[str]:
     if not ids:
         raise DataError(f"{path}: split file lists no samples (empty split); fix: list one id a line")
     return ids
-
-
-def _refuse_truncated() -> None:
-    # With this flag PIL pads a truncated file with grey and reports nothing: a silent label/image mismatch.
-    if ImageFile.LOAD_TRUNCATED_IMAGES:
-        raise RuntimeError(
-            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set by other code), so truncated images would load "
-            "silently; fix: set it back to False"
-        )
