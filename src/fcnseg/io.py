@@ -42,10 +42,15 @@ DEFAULT_MAX_PIXELS = 50_000_000
 Source = str | os.PathLike[str] | bytes | BinaryIO
 
 
+# Pillow registers these but cannot decode them without an external handler or program.
+_STUB_FORMATS = frozenset({"BUFR", "GRIB", "HDF5", "WMF", "EPS", "MPEG"})
+
+
 def _pil_extensions() -> frozenset[str]:
     """Every suffix Pillow can open (``.jpg``, ``.png``, ``.gif``, ``.tif``, ``.webp``, ``.bmp``, ...)."""
     Image.init()
-    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items()
+                     if fmt in Image.OPEN and fmt not in _STUB_FORMATS)
 
 
 IMAGE_EXTENSIONS = _pil_extensions()
@@ -129,7 +134,8 @@ def _open(source: Source, what: str, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our budget decides, below
             im = Image.open(fp)
     except Image.DecompressionBombError as e:
-        raise DataError(f"{name}: {what} is larger than the pixel budget ({e}); fix: {budget_fix}") from e
+        raise DataError(f"{name}: {what} header claims over {Image.MAX_IMAGE_PIXELS:,} pixels (a decompression "
+                        f"bomb?), over the budget of {max_pixels:,}; fix: {budget_fix}") from e
     except FileNotFoundError as e:
         raise DataError(f"{name}: {what} file not found; fix: check the path") from e
     except IsADirectoryError as e:
@@ -241,7 +247,7 @@ def read_image_array(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) ->
 def read_image(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """uint8 (3, H, W) RGB tensor of ``source``, read as :func:`open_image` says."""
     arr = read_image_array(source, max_pixels=max_pixels)
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.array(arr)).permute(2, 0, 1).contiguous()  # a writable copy
 
 
 def open_mask(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

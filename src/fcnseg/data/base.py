@@ -2,28 +2,38 @@
 
 A dataset is a list of ``(image path, mask path)`` pairs plus class names and a palette. Cheap checks (folders
 exist, every image has its mask, the split is not empty) run at construction; decoding checks (readable,
-not truncated, mask size equals image size, labels are classes or the ignore label) run in ``__getitem__``
-and, over the whole dataset, in :meth:`SegmentationDataset.check`.
+not truncated, mask size equals image size or a ``resize`` policy, labels are classes or the ignore label) run
+in ``__getitem__`` and, over the whole dataset before any work, in :meth:`SegmentationDataset.validate`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import multiprocessing as mp
+import os
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
 from tqdm import tqdm
 
-from ..io import DataError, open_mask, read_image
+from ..io import DEFAULT_MAX_PIXELS, DataError, open_mask, read_header, read_image
 
 __all__ = [
     "IGNORE_INDEX", "DataError", "SegmentationDataset", "Transforms", "read_image", "open_mask",
-    "index_array", "read_class_table", "split_class_table", "require_dir", "read_ids",
+    "index_array", "read_class_table", "split_class_table", "require_dir", "read_ids", "CheckReport",
+    "RESIZE_POLICIES", "CHECK_LEVELS", "cache_dir",
 ]
 
 log = logging.getLogger(__name__)
@@ -33,24 +43,58 @@ IGNORE_INDEX = 255
 
 Transforms = Callable[[tv_tensors.Image, tv_tensors.Mask], tuple[tv_tensors.Image, tv_tensors.Mask]]
 
-_SKIP_FIX = "or drop it with dataset.check(skip_bad=True)"
+_SKIP_FIX = "or pass --skip-bad to skip such samples"
+
+CHECK_LEVELS = ("headers", "labels", "full")
+"""How deep :meth:`SegmentationDataset.validate` looks: image and mask headers (sizes, budget, readable
+formats); also every mask decoded and its labels checked; also every image decoded (truncation)."""
+
+RESIZE_POLICIES = ("error", "image", "mask")
+"""What to do with a mask whose size differs from its image's: refuse it, resize the mask to the image
+(nearest neighbour), or resize the image to the mask (bilinear)."""
+
+
+@dataclass
+class CheckReport:
+    """The result of :meth:`SegmentationDataset.validate`.
+
+    Attributes:
+        samples: samples checked.
+        bad: one message per bad sample (those samples are dropped when skipping).
+        resized: samples whose mask and image differ in size (handled by the ``resize`` policy).
+        cached: samples whose result came from the cache of an earlier run.
+        seconds: time the pass took.
+    """
+
+    samples: int
+    bad: list[str] = field(default_factory=list)
+    resized: int = 0
+    cached: int = 0
+    seconds: float = 0.0
 
 
 class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
     """``(image, mask)`` pairs: ``Image`` uint8 (3, H, W) RGB and ``Mask`` int64 (H, W), 255 = ignore.
 
-    Subclasses collect ``samples`` and implement :meth:`load_mask`; this class decodes, validates and applies
-    ``transforms(image, mask)``.
+    Subclasses collect ``samples`` and implement :meth:`load_mask`; this class decodes (through
+    :mod:`fcnseg.io`), validates and applies ``transforms(image, mask)``.
 
     Attributes:
-        samples: ``(image path, mask path)`` per sample; :meth:`check` with ``skip_bad=True`` shortens it.
+        samples: ``(image path, mask path)`` per sample; :meth:`validate` with ``skip_bad=True`` shortens it.
         classes: class names; label ``i`` is ``classes[i]``.
         palette: one RGB colour per class, for drawing predictions.
         ignore_index: label of pixels excluded from loss and metrics (255).
         transforms: optional ``transforms(image, mask) -> (image, mask)``.
+        resize: policy for a mask whose size differs from its image's (:data:`RESIZE_POLICIES`).
+        max_pixels: largest image or mask read (width x height); larger files are bad samples.
+        skip_bad: when True, a sample that fails to load returns ``None`` (dropped by the collate function
+            and counted in :attr:`skipped`) instead of raising.
     """
 
     ignore_index: int = IGNORE_INDEX
+    resize: str = "error"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    skip_bad: bool = False
 
     def __init__(
         self,
@@ -65,10 +109,21 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
         self.classes = list(classes)
         self.palette = [tuple(int(v) for v in c) for c in palette[: len(classes)]]
         self.transforms = transforms
+        self._skipped: Any = None  # multiprocessing.Value, made on first use: shared with loader workers
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def skipped(self) -> int:
+        """Samples that failed to load and were skipped (``skip_bad``), counted across loader workers."""
+        return 0 if self._skipped is None else int(self._skipped.value)
+
+    def share_skip_counter(self) -> None:
+        """Create the skip counter now, before loader workers start, so that they all count into it."""
+        if self._skipped is None:
+            self._skipped = mp.Value("i", 0)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -81,17 +136,41 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
         """Read one mask file as integer labels (H, W) in this dataset's class indices, 255 = ignore."""
         raise NotImplementedError
 
+    def mask_size(self, path: Path) -> tuple[int, int] | None:
+        """The mask's displayed ``(width, height)`` from its header, or None when only decoding tells."""
+        return read_header(path, max_pixels=self.max_pixels, what="mask").size
+
     def load(self, i: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
-        """Decode and validate sample ``i`` without transforms; raises :class:`DataError` on a bad sample."""
+        """Decode and validate sample ``i`` without transforms; raises :class:`DataError` on a bad sample.
+
+        A mask of another size than its image is handled as :attr:`resize` says.
+        """
         image_path, mask_path = self.samples[i]
-        image = read_image(image_path)  # (3, H, W) uint8
+        _require_mask(image_path, mask_path)
+        image = read_image(image_path, max_pixels=self.max_pixels)  # (3, H, W) uint8
         labels = self.load_mask(mask_path)  # (H, W)
         if tuple(labels.shape) != tuple(image.shape[1:]):
-            raise DataError(
-                f"{mask_path}: mask is {labels.shape[1]}x{labels.shape[0]} (WxH) but its image "
-                f"{image_path} is {image.shape[2]}x{image.shape[1]}; fix: give the mask the image's size "
-                f"(resize with nearest neighbour) or pair the right files, {_SKIP_FIX}"
-            )
+            image_hw = (int(image.shape[1]), int(image.shape[2]))
+            self._size_problem(image_path, mask_path, image_hw, labels.shape)
+            if self.resize == "image":
+                labels = _resize_labels(labels, image_hw)
+            else:
+                image = F.resize(image, list(labels.shape), antialias=True)
+        self._check_labels(labels, mask_path)
+        return tv_tensors.Image(image), tv_tensors.Mask(torch.from_numpy(labels.astype(np.int64, copy=False)))
+
+    def _size_problem(self, image_path: Path, mask_path: Path, image_hw: tuple[int, int],
+                      mask_hw: tuple[int, ...]) -> None:
+        """Raise for a size mismatch unless the resize policy handles it."""
+        if self.resize in ("image", "mask"):
+            return
+        raise DataError(
+            f"{mask_path}: mask is {mask_hw[1]}x{mask_hw[0]} (WxH) but its image {image_path} is "
+            f"{image_hw[1]}x{image_hw[0]}; fix: --dataset-arg resize=image (resize masks, nearest neighbour) "
+            f"or resize=mask (resize images), or pair the right files, {_SKIP_FIX}"
+        )
+
+    def _check_labels(self, labels: np.ndarray, mask_path: Path) -> None:
         bad = (labels < 0) | ((labels >= self.num_classes) & (labels != self.ignore_index))
         if bad.any():
             values = np.unique(labels[bad])
@@ -99,42 +178,183 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
             raise DataError(
                 f"{mask_path}: label values {shown} are neither a class (0..{self.num_classes - 1}) nor the "
                 f"ignore label {self.ignore_index}; fix: relabel the mask or give the dataset its full class "
-                f"list, {_SKIP_FIX}"
+                f"list{self._label_hint(values)}, {_SKIP_FIX}"
             )
-        return tv_tensors.Image(image), tv_tensors.Mask(torch.from_numpy(labels.astype(np.int64, copy=False)))
+
+    def _label_hint(self, values: np.ndarray) -> str:
+        """Extra advice for out-of-range labels (subclasses know their mask formats)."""
+        return ""
 
     def __getitem__(self, i: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
-        image, mask = self.load(i)
+        try:
+            image, mask = self.load(i)
+        except DataError as e:
+            if not self.skip_bad:
+                raise
+            log.warning("skipping bad sample: %s", e)
+            if self._skipped is not None:
+                with self._skipped.get_lock():
+                    self._skipped.value += 1
+            return None  # type: ignore[return-value]  # dropped by pad_collate
         if self.transforms is not None:
             image, mask = self.transforms(image, mask)
         return image, mask
 
     def check(self, skip_bad: bool = False, progress: bool = True) -> list[str]:
-        """Decode and validate every sample.
+        """Decode and validate every sample (images and masks); see :meth:`validate`. Returns the bad
+        samples' messages (dropped when ``skip_bad``)."""
+        return self.validate("full", skip_bad=skip_bad, progress=progress, cache=False).bad
 
-        With ``skip_bad=False`` the first bad sample raises its :class:`DataError`. With ``skip_bad=True`` bad
-        samples are dropped from the dataset, each with a logged warning, and their messages are returned
-        (an empty list when all samples are good).
-        """
-        keep, messages = [], []
-        for i in tqdm(range(len(self)), desc=f"checking {type(self).__name__}", disable=not progress):
-            try:
-                self.load(i)
-            except DataError as e:
-                if not skip_bad:
-                    raise
-                log.warning("dropping bad sample: %s", e)
-                messages.append(str(e))
+    def _fingerprint(self) -> dict[str, Any]:
+        """What decides a sample's verdict besides its files (subclasses add their mask options)."""
+        return {"class": type(self).__name__, "classes": self.classes, "ignore": self.ignore_index,
+                "resize": self.resize, "max_pixels": self.max_pixels}
+
+    def _check_sample(self, i: int, level: str) -> tuple[str, str]:
+        """``("ok" | "resized" | "bad", message)`` for sample ``i`` at ``level`` (see :data:`CHECK_LEVELS`)."""
+        image_path, mask_path = self.samples[i]
+        try:
+            _require_mask(image_path, mask_path)
+            if level == "full":
+                w, h = read_image(image_path, max_pixels=self.max_pixels).shape[:0:-1]
             else:
-                keep.append(self.samples[i])
-        if skip_bad:
-            if not keep and self.samples:
-                raise DataError(f"every sample is bad, e.g. {messages[0]}")
+                w, h = read_header(image_path, max_pixels=self.max_pixels).size
+            if level in ("labels", "full"):
+                lab = self.load_mask(mask_path)
+                self._check_labels(lab, mask_path)
+                mask_hw: tuple[int, ...] | None = lab.shape
+            else:
+                size = self.mask_size(mask_path)
+                mask_hw = None if size is None else (size[1], size[0])
+            if mask_hw is not None and tuple(mask_hw) != (h, w):
+                self._size_problem(image_path, mask_path, (h, w), mask_hw)
+                return "resized", ""
+        except DataError as e:
+            return "bad", str(e)
+        return "ok", ""
+
+    def validate(self, level: str = "labels", *, skip_bad: bool = False, workers: int | None = None,
+                 progress: bool = True, cache: bool = True) -> CheckReport:
+        """Check every sample before any work: files readable, within the pixel budget, mask and image sizes
+        (by the :attr:`resize` policy); from level ``"labels"`` on, every mask's label values; at ``"full"``
+        every image is decoded too (truncated files).
+
+        Work runs in parallel threads; below ``"full"`` images are not decoded, only their headers read.
+        Verdicts are cached by file path, size and modification time (``$FCNSEG_CACHE``, default
+        ``~/.cache/fcnseg``), so a second run over unchanged files is instant.
+
+        With ``skip_bad=False`` a bad sample raises one :class:`DataError` that names the first bad file and
+        counts the others; with ``skip_bad=True`` bad samples are dropped from :attr:`samples` (each logged)
+        and ``skip_bad`` is also set for loading. Samples whose sizes differ are counted in one warning.
+        """
+        t0 = time.perf_counter()
+        if level not in CHECK_LEVELS:
+            raise ValueError(f"check level {level!r}: expected one of {', '.join(CHECK_LEVELS)}")
+        store = _VerdictCache(self, level) if cache else None
+        verdicts: list[tuple[str, str] | None] = [store.get(s) if store else None for s in self.samples]
+        todo = [i for i, v in enumerate(verdicts) if v is None]
+        report = CheckReport(samples=len(self.samples), cached=len(self.samples) - len(todo))
+        if todo:
+            n_threads = workers or min(16, 4 * (os.cpu_count() or 1))
+            with ThreadPoolExecutor(max_workers=n_threads) as pool:
+                results = pool.map(lambda i: self._check_sample(i, level), todo)
+                bar = tqdm(results, total=len(todo), desc=f"checking {type(self).__name__}", unit="sample",
+                           disable=not progress, mininterval=1, dynamic_ncols=True)
+                for i, verdict in zip(todo, bar, strict=True):
+                    verdicts[i] = verdict
+            if store:
+                store.save(self.samples, verdicts)  # type: ignore[arg-type]
+        keep = []
+        for sample, verdict in zip(self.samples, verdicts, strict=True):
+            status, message = verdict  # type: ignore[misc]
+            if status == "bad":
+                report.bad.append(message)
+            else:
+                keep.append(sample)
+                report.resized += status == "resized"
+        report.seconds = time.perf_counter() - t0
+        if report.bad and not skip_bad:
+            more = f" (and {len(report.bad) - 1} more bad samples)" if len(report.bad) > 1 else ""
+            raise DataError(report.bad[0] + more)
+        if report.bad:
+            for message in report.bad:
+                log.warning("skipping bad sample: %s", message)
+            if not keep:
+                raise DataError(f"every sample is bad, e.g. {report.bad[0]}")
             self.samples = keep
-        return messages
+        if skip_bad:
+            self.skip_bad = True
+        if report.resized:
+            what = "masks resized to their image" if self.resize == "image" else "images resized to their mask"
+            log.warning("%s: %d of %d samples differ in size from their mask: %s (resize=%s)", self,
+                        report.resized, report.samples, what, self.resize)
+        return report
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} samples, {self.num_classes} classes)"
+
+
+def _require_mask(image_path: Path, mask_path: Path) -> None:
+    if not os.path.exists(mask_path):
+        raise DataError(f"{image_path} has no mask {mask_path}; fix: add the mask (same file stem) or remove the "
+                        f"image, {_SKIP_FIX}")
+
+
+def _resize_labels(labels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Labels resized to ``(H, W)`` by nearest neighbour (no label is ever blended with another)."""
+    im = Image.fromarray(labels.astype(np.int32), mode="I")
+    return np.asarray(im.resize((hw[1], hw[0]), Image.Resampling.NEAREST)).astype(np.int64)
+
+
+def cache_dir() -> Path:
+    """Where fcnseg caches (``$FCNSEG_CACHE``, else ``$XDG_CACHE_HOME/fcnseg``, else ``~/.cache/fcnseg``)."""
+    if os.environ.get("FCNSEG_CACHE"):
+        return Path(os.environ["FCNSEG_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fcnseg"
+
+
+class _VerdictCache:
+    """Per-sample verdicts of :meth:`SegmentationDataset.validate`, keyed by both files' path, size and mtime.
+
+    One JSON file per dataset configuration; unreadable or unwritable caches are ignored (the pass reruns).
+    """
+
+    def __init__(self, ds: SegmentationDataset, level: str):
+        key = json.dumps({**ds._fingerprint(), "level": level}, sort_keys=True, default=str)
+        self.path = cache_dir() / "validate" / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.json"
+        try:
+            self.table: dict[str, list[str]] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.table = {}
+
+    @staticmethod
+    def _key(sample: tuple[Path, Path]) -> str | None:
+        parts = []
+        for p in sample:
+            try:
+                st = os.stat(p)
+            except OSError:
+                return None
+            parts.append(f"{os.path.abspath(p)}:{st.st_size}:{st.st_mtime_ns}")
+        return "|".join(parts)
+
+    def get(self, sample: tuple[Path, Path]) -> tuple[str, str] | None:
+        key = self._key(sample)
+        hit = self.table.get(key) if key else None
+        return (hit[0], hit[1]) if hit else None
+
+    def save(self, samples: list[tuple[Path, Path]], verdicts: list[tuple[str, str]]) -> None:
+        for sample, verdict in zip(samples, verdicts, strict=True):
+            key = self._key(sample)
+            if key:
+                self.table[key] = list(verdict)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.table))
+            os.replace(tmp, self.path)
+        except OSError as e:  # a read-only home must not stop training: the pass simply reruns next time
+            log.debug("validation cache not written (%s)", e)
 
 
 def index_array(im: Image.Image, path: Path) -> np.ndarray:
@@ -200,7 +420,7 @@ def require_dir(path: Path, what: str, fix: str) -> Path:
 
 def read_ids(path: Path, fix: str) -> list[str]:
     """Non-empty, stripped lines of a split file; :class:`DataError` when it is missing or empty."""
-    if not path.is_file():
+    if not path.is_file() and fix:
         raise DataError(f"{path}: split file not found; fix: {fix}")
     ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not ids:

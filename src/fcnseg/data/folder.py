@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ..io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, is_image_file
 from .base import (
     IGNORE_INDEX,
+    RESIZE_POLICIES,
     DataError,
     SegmentationDataset,
     Transforms,
@@ -23,9 +27,6 @@ from .voc import voc_palette
 
 __all__ = ["IMAGE_EXTENSIONS", "FolderSegmentation"]
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp", ".gif"}
-)
 
 Colour = tuple[int, int, int]
 
@@ -37,11 +38,13 @@ class FolderSegmentation(SegmentationDataset):
     Masks are read by mode: single-channel (index or palette PNG) masks hold class indices (a palette PNG's
     indices, not its colours), 255 = ignore; RGB masks are mapped through a colour table (``colors`` or the
     colours in the class file; a colour mapped to 255 is ignored; any other colour is an error).
-    ``binary=True`` reads ISBI-style {0, 255} masks as the classes {0, 1}.
+    ``binary=True`` reads ISBI-style {0, 255} masks as the classes {0, 1}; ``threshold=N`` reads lossy binary
+    masks (JPEG: grey values near 0 and near 255) as class 1 where the grey value is at least N.
+    Every image format Pillow opens is accepted (:data:`fcnseg.io.IMAGE_EXTENSIONS`).
 
     Args:
         root: dataset folder.
-        split: ``None`` for every image; else the subfolder ``<root>/<split>/`` (holding ``images/`` and
+        split: ``None`` or ``"all"`` for every image; else the subfolder ``<root>/<split>/`` (holding ``images/`` and
             ``masks/``) when it exists, otherwise a file of stems, one a line: ``split`` itself when it is a
             file path, else ``<root>/<split>.txt``.
         transforms: optional ``transforms(image, mask) -> (image, mask)``.
@@ -51,6 +54,14 @@ class FolderSegmentation(SegmentationDataset):
             ``root``, else ``["background", "foreground"]`` when ``binary``.
         colors: ``{(r, g, b): class index or 255}`` for RGB masks; overrides the class file's colours.
         binary: masks hold {0, 255}; 255 becomes class 1 (there is no ignore label).
+        threshold: read masks as grey and make every value >= ``threshold`` class 1, the rest class 0 (for
+            lossy JPEG masks); implies ``binary``.
+        resize: a mask of another size than its image: ``"error"`` (refuse), ``"image"`` (resize the mask to
+            the image, nearest neighbour) or ``"mask"`` (resize the image to the mask).
+        max_pixels: largest image or mask read (width x height).
+        holdout: for a folder without split folders or files: the splits ``"train"`` and ``"val"`` divide its
+            images, ``"val"`` taking this share (0 < holdout < 1) or this many (holdout >= 1) images, chosen
+            by a hash of the file stem (stable when images are added). ``split="all"`` takes every image.
     """
 
     def __init__(
@@ -64,23 +75,46 @@ class FolderSegmentation(SegmentationDataset):
         classes: Sequence[str] | str | Path | None = None,
         colors: Mapping[Colour, int] | None = None,
         binary: bool = False,
+        threshold: int | None = None,
+        resize: str = "error",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        holdout: float | None = None,
     ):
-        root = require_dir(Path(root), "dataset", "pass the folder holding the image and mask folders")
-        self.root, stems = root, None
+        if resize not in RESIZE_POLICIES:
+            raise DataError(f"resize={resize!r}: expected one of {', '.join(RESIZE_POLICIES)}; fix: "
+                            f"--dataset-arg resize=image")
+        if threshold is not None and not (isinstance(threshold, int) and 0 < threshold <= 255):
+            raise DataError(f"threshold={threshold!r}: expected an integer grey level in 1..255; fix: "
+                            f"--dataset-arg threshold=128")
+        binary = binary or threshold is not None
+        self.threshold, self.resize, self.max_pixels = threshold, resize, int(max_pixels)
+        root = require_dir(Path(root), "dataset", "pass --data, the folder holding the image and mask folders")
+        self.root, stems, held = root, None, None
+        split_file = Path(split) if split is not None and Path(split).is_file() else root / f"{split}.txt"
         if split is not None and (root / split).is_dir():
             self.root = root / split
-        elif split is not None:
-            split_file = Path(split) if Path(split).is_file() else root / f"{split}.txt"
-            stems = read_ids(split_file, f"write {split_file} (one image stem a line) or pass split=None")
-        fix = f"pass the folder holding {images}/ and {masks}/, or name them with images= and masks="
+        elif split is not None and split_file.is_file():
+            stems = read_ids(split_file, "")
+        elif holdout is not None and split in ("train", "val"):
+            held = split
+        elif split not in (None, "all"):
+            raise DataError(
+                f"{root}: split {split!r} is neither a folder {root / str(split)}/ nor a file {split_file}; fix: "
+                f"hold images out for validation with --dataset-arg holdout=0.1 (train/val), write {split_file} "
+                f"(one image stem a line), or use every image with --train-split all")
+        fix = (f"pass --data, the folder holding {images}/ and {masks}/, or name them with --dataset-arg "
+               f"images=NAME --dataset-arg masks=NAME")
         image_dir = require_dir(self.root / images, "image", fix)
         mask_dir = require_dir(self.root / masks, "mask", fix)
         samples = _pair_by_stem(image_dir, mask_dir, stems)
+        if held is not None:
+            samples = _holdout(samples, holdout, held, root)  # type: ignore[arg-type]
 
         self.binary = binary
         names, table_colours, ignored = self._read_classes(classes, [self.root, root], binary)
         if binary and len(names) != 2:
-            raise DataError(f"{root}: binary=True needs 2 classes, got {names}; fix: pass two class names")
+            raise DataError(f"{root}: binary masks need 2 classes, got {names}; fix: list two class names in "
+                            f"classes.txt")
         self.colors: dict[Colour, int] | None = None
         if colors is not None or any(table_colours) or ignored:
             self.colors = {c: i for i, c in enumerate(table_colours) if c is not None}
@@ -111,17 +145,30 @@ class FolderSegmentation(SegmentationDataset):
         if found:
             return split_class_table(read_class_table(found[0]), found[0])
         if classes is not None:
-            raise DataError(f"{classes}: class file not found; fix: pass an existing file or a list of names")
+            raise DataError(f"{classes}: class file not found; fix: pass an existing file to --dataset-arg classes=")
         if binary:
             return ["background", "foreground"], [None, None], []
         raise DataError(
             f"{folders[0] / 'classes.txt'}: no class names; fix: write this file (one name a line, or "
-            f"'index name r g b'), pass classes=[...], or binary=True for {{0, 255}} masks"
+            f"'index name r g b'), or pass --dataset-arg classes=FILE, or --dataset-arg binary=true for {{0, 255}} "
+            f"masks"
         )
 
+    def _fingerprint(self) -> dict[str, Any]:
+        return {**super()._fingerprint(), "binary": self.binary, "threshold": self.threshold,
+                "colors": sorted((list(c), i) for c, i in (self.colors or {}).items())}
+
+    def _label_hint(self, values: np.ndarray) -> str:
+        if self.binary and self.threshold is None:
+            return " (binary masks hold only 0 and 255: lossy JPEG masks need --dataset-arg threshold=128)"
+        return ""
+
     def load_mask(self, path: Path) -> np.ndarray:
-        im = open_mask(path)
-        if im.mode in ("RGB", "RGBA") and self.binary:
+        im = open_mask(path, max_pixels=self.max_pixels)
+        if self.threshold is not None:
+            grey = np.asarray(im.convert("L") if im.mode not in ("L", "I", "I;16") else im)
+            return (grey >= self.threshold).astype(np.int64)
+        if im.mode in ("RGB", "RGBA", "LA") and self.binary:
             im = im.convert("L")
         if im.mode not in ("RGB", "RGBA"):
             labels = index_array(im, path)
@@ -130,8 +177,8 @@ class FolderSegmentation(SegmentationDataset):
             return labels
         if not self.colors:
             raise DataError(
-                f"{path}: RGB colour mask but no colour table; fix: pass colors={{(r, g, b): index}}, write "
-                f"'index name r g b' lines in classes.txt, or save masks as index PNGs"
+                f"{path}: RGB colour mask but no colour table; fix: write 'index name r g b' lines in classes.txt, "
+                f"--dataset-arg binary=true for black/white masks, or save masks as index PNGs"
             )
         return _map_colours(np.asarray(im.convert("RGB")), self.colors, path)
 
@@ -148,7 +195,7 @@ def _map_colours(rgb: np.ndarray, colors: Mapping[Colour, int], path: Path) -> n
         shown = ", ".join(str(((k >> 16) & 255, (k >> 8) & 255, k & 255)) for k in unknown[:5].tolist())
         raise DataError(
             f"{path}: colours {shown}{', ...' if len(unknown) > 5 else ''} are not in the colour table; fix: "
-            f"add them to colors= or classes.txt (index 255 to ignore them), or repaint the mask"
+            f"add them to classes.txt as 'index name r g b' (index 255 to ignore them), or repaint the mask"
         )
     return values[pos]
 
@@ -165,19 +212,29 @@ def _pair_by_stem(image_dir: Path, mask_dir: Path, stems: list[str] | None) -> l
     if not images:
         raise DataError(f"{image_dir}: no images (empty split); fix: put images "
                         f"({', '.join(sorted(IMAGE_EXTENSIONS))}) in it")
-    samples = []
-    for stem, image in sorted(images.items()):
-        if stem not in masks:
-            raise DataError(f"{image} has no mask {mask_dir / stem}.*; fix: add the mask (same file stem) or "
-                            f"remove the image")
-        samples.append((image, masks[stem]))
-    return samples
+    # An image without a mask is paired with the mask it should have: validation reports it (or skips it).
+    return [(image, masks.get(stem, mask_dir / f"{stem}.png")) for stem, image in sorted(images.items())]
+
+
+def _holdout(samples: list[tuple[Path, Path]], holdout: float, split: str, root: Path) -> list[tuple[Path, Path]]:
+    """The ``"train"`` or ``"val"`` part of ``samples``; val holds the ``holdout`` share (or count) whose stems
+    hash lowest, so the division does not depend on file order and survives adding images."""
+    if not (isinstance(holdout, int | float) and holdout > 0):
+        raise DataError(f"holdout={holdout!r}: expected a share (0 < holdout < 1) or a count of images; fix: "
+                        f"--dataset-arg holdout=0.1")
+    n_val = round(holdout * len(samples)) if holdout < 1 else int(holdout)
+    if not 1 <= n_val < len(samples):
+        raise DataError(f"{root}: holdout={holdout} leaves {n_val} of {len(samples)} images for val; fix: hold "
+                        f"out at least one image and keep at least one for training")
+    ranked = sorted(samples, key=lambda s: hashlib.sha1(s[0].stem.encode()).hexdigest())
+    val = set(ranked[:n_val])
+    return [s for s in samples if (s in val) == (split == "val")]
 
 
 def _by_stem(folder: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if p.suffix.lower() not in IMAGE_EXTENSIONS or p.name.startswith("."):
+        if not is_image_file(p):
             continue
         if p.stem in found:
             raise DataError(f"{p}: same stem as {found[p.stem]}; fix: keep one file per stem in {folder}")

@@ -90,15 +90,17 @@ def pad_collate(
     """Stack ``(image, mask)`` pairs of different sizes, padding at the bottom and right.
 
     Args:
-        batch: uint8 images (3, H_i, W_i) with int masks (H_i, W_i).
+        batch: uint8 images (3, H_i, W_i) with int masks (H_i, W_i); ``None`` entries (skipped bad samples)
+            are dropped, and a batch of only those gives empty (0, 3, 1, 1) / (0, 1, 1) tensors.
         ignore_index: mask value of padded pixels (images are padded with 0).
         size_divisor: round the padded H and W up to a multiple of it (e.g. 32, the nets' output stride).
 
     Returns:
         plain tensors: images uint8 (N, 3, H, W) and masks int64 (N, H, W), H and W the batch's largest.
     """
+    batch = [b for b in batch if b is not None]  # samples skipped by ``skip_bad`` load as None
     if not batch:
-        raise ValueError("pad_collate got an empty batch")
+        return torch.zeros(0, 3, 1, 1, dtype=torch.uint8), torch.zeros(0, 1, 1, dtype=torch.int64)
     for image, mask in batch:
         if image.shape[-2:] != mask.shape[-2:]:
             raise ValueError(f"image {tuple(image.shape)} and mask {tuple(mask.shape)} differ in size")

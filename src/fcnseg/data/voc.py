@@ -64,7 +64,7 @@ class VOCSegmentation(SegmentationDataset):
         super().__init__(samples, VOC_CLASSES, voc_palette(len(VOC_CLASSES)), transforms)
 
     def load_mask(self, path: Path) -> np.ndarray:
-        return index_array(open_mask(path), path)
+        return index_array(open_mask(path, max_pixels=self.max_pixels), path)
 
 
 class SBDSegmentation(SegmentationDataset):
@@ -102,13 +102,16 @@ class SBDSegmentation(SegmentationDataset):
         samples = _pair_ids(ids, images, ".jpg", self.root / "cls", ".mat", str(split_file))
         super().__init__(samples, VOC_CLASSES, voc_palette(len(VOC_CLASSES)), transforms)
 
+    def mask_size(self, path: Path) -> tuple[int, int] | None:
+        return None  # a .mat file has no image header: only decoding tells its size
+
     def load_mask(self, path: Path) -> np.ndarray:
         try:
             labels = loadmat(path, simplify_cells=True)["GTcls"]["Segmentation"]
         except Exception as e:  # scipy raises many types on corrupt files: ValueError, OSError, zlib.error...
             raise DataError(
                 f"{path}: cannot read SBD label struct GTcls.Segmentation ({type(e).__name__}: {e}); fix: "
-                f"re-extract the file from the SBD archive, or drop it with dataset.check(skip_bad=True)"
+                f"re-extract the file from the SBD archive, or pass --skip-bad to skip it"
             ) from e
         labels = np.asarray(labels)
         if labels.ndim != 2 or labels.dtype.kind not in "iu":
@@ -141,15 +144,12 @@ def _pair_ids(
 ) -> list[tuple[Path, Path]]:
     """``(image, mask)`` paths of ``ids``; :class:`DataError` for the first missing file."""
     # One directory listing instead of a stat per id: VOC2012 has 17k images.
-    have_images, have_masks = set(os.listdir(images)), set(os.listdir(masks))
+    have_images = set(os.listdir(images))  # a missing mask is found (or skipped) by validation
     samples = []
     for i in ids:
         image, mask = images / f"{i}{image_ext}", masks / f"{i}{mask_ext}"
         if image.name not in have_images:
             raise DataError(f"{image}: image of id {i!r} listed in {source} not found; fix: restore the "
                             f"file or remove the id from the split")
-        if mask.name not in have_masks:
-            raise DataError(f"{image} has no mask {mask}; fix: restore the mask file or remove id {i!r} from "
-                            f"{source}")
         samples.append((image, mask))
     return samples
