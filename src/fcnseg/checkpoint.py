@@ -15,7 +15,6 @@ A checkpoint is a dict saved with ``torch.save``::
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from torch import nn
 
 from .models import build
 from .normalization import Normalization, get_normalization
+from .outputs import atomic_write
 
 __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "CheckpointError"]
 
@@ -71,18 +71,10 @@ class Checkpoint:
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike[str]) -> Path:
-    """Write atomically (temporary file, then rename): an interrupted save never leaves a broken file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(ckpt.to_dict(), tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """Write atomically and durably (temporary file, fsync, mode 0644, rename): a kill or a full disk at any
+    moment leaves the previous file or the new one, never a broken one. Errors name the path
+    (:class:`fcnseg.outputs.OutputError`)."""
+    return atomic_write(path, lambda f: torch.save(ckpt.to_dict(), f))
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Checkpoint:

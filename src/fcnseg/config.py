@@ -34,7 +34,9 @@ class TrainConfig:
     val_dataset: str = ""  # family of the validation set; empty = dataset (the paper: train sbd, val voc)
     val_data_root: str = ""  # its folder; empty = data_root when the family is the same, else $FCNSEG_DATA/<family>
     dataset_args: dict[str, Any] = field(default_factory=dict)  # extra dataset kwargs (folder: binary, classes...)
-    skip_bad: bool = False  # drop unreadable or inconsistent samples (logged) instead of stopping
+    skip_bad: bool = False  # skip unreadable or inconsistent samples (logged, counted) instead of stopping
+    check_data: str = "labels"  # check all data before training: headers, labels (decode masks), full, or off
+    max_pixels: int = 50_000_000  # largest image read (width x height); larger files are bad samples
     workers: int = 2  # data-loading processes; decoding overlaps compute
     # --- model ---
     model: str = "fcn8s"  # registry name (fcnseg.models.list_models())
@@ -73,6 +75,7 @@ class TrainConfig:
     overwrite: bool = False  # allow writing into an existing, non-empty run folder
     seed: int = 0  # seeds model init, sampling and augmentation
     device: str = ""  # cuda / cpu; empty = cuda if available
+    dist_timeout: int = 600  # seconds a process waits for the others (torchrun) before naming the stalled rank
     resume: str = ""  # checkpoint to resume from (model, optimiser, scheduler, step, sampler, RNG)
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,6 +174,10 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.val_every >= 1, "val_every must be at least 1"),
         (cfg.log_every >= 1, "log_every must be at least 1"),
         (cfg.workers >= 0, "workers must be 0 or more"),
+        (cfg.check_data in ("headers", "labels", "full", "off"),
+         f"check_data must be headers, labels, full or off, not {cfg.check_data!r}"),
+        (cfg.max_pixels >= 1, "max_pixels must be at least 1"),
+        (cfg.dist_timeout >= 1, "dist_timeout must be at least 1 second"),
         (cfg.crop_size >= 0, "crop_size must be 0 (whole images) or a side in pixels"),
         (0 < cfg.scale_min <= cfg.scale_max, "need 0 < scale_min <= scale_max"),
     ]

@@ -2,21 +2,42 @@
 
 from __future__ import annotations
 
+import datetime
+import logging
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
 from torch import distributed as dist
 from torch.utils.data import Sampler
 
+log = logging.getLogger(__name__)
 
-def init_distributed(device: str = "") -> tuple[int, int, torch.device]:
-    """Initialise from torchrun's environment when WORLD_SIZE > 1; returns (rank, world size, device)."""
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT_S = 600
+"""Seconds a collective waits for every process before failing: long enough for a first validation pass or a
+checkpoint save on rank 0, short enough that a stalled process is named within minutes, not hours."""
+
+
+class DistributedError(RuntimeError):
+    """A process of a multi-process run stopped answering or failed; the message names the rank."""
+
+
+def init_distributed(device: str = "", timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[int, int, torch.device]:
+    """Initialise from torchrun's environment when WORLD_SIZE > 1; returns (rank, world size, device).
+
+    ``timeout_s`` bounds every collective: a process that stalls (stopped, hung, killed) makes the others fail
+    after that long with a :class:`DistributedError` naming it (see :func:`collective`), instead of waiting
+    forever.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     use_cuda = torch.cuda.is_available() and device != "cpu"
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
     if use_cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
@@ -26,6 +47,103 @@ def init_distributed(device: str = "") -> tuple[int, int, torch.device]:
 
 def is_main() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 only; every rank returns its result or raises its error (same type and message).
+
+    For the checks before work (output folder, data validation): a failure on rank 0 ends every process at
+    once, with the same one-line message, instead of leaving the others waiting at their first collective.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return fn()
+    payload: list[Any] = [None]
+    if is_main():
+        try:
+            payload = [("ok", fn())]
+        except Exception as e:  # noqa: BLE001 - re-raised on every rank below
+            payload = [("error", type(e), str(e))]
+    with collective("sharing rank 0's checks"):
+        dist.broadcast_object_list(payload, src=0)
+    status = payload[0]
+    if status[0] == "error":
+        try:
+            err = status[1](status[2])
+        except Exception:  # noqa: BLE001 - an exception type that does not take one message
+            err = RuntimeError(status[2])
+        raise err
+    return status[1]
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is True on any (e.g. a stop request that reached one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([int(flag)])
+    with collective("agreeing to stop"):
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+class collective:  # noqa: N801 - used as a context manager, like torch.no_grad
+    """Turn a failed or timed-out collective into a :class:`DistributedError` naming the ranks that stopped.
+
+    When a collective fails, each surviving process writes an "alive" key to the process group's store and
+    waits briefly for the others'; the ranks without a key are the ones that stopped answering.
+    """
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or isinstance(exc, DistributedError) or not _is_collective_failure(exc):
+            return False
+        if not (dist.is_available() and dist.is_initialized()):
+            return False
+        raise DistributedError(_describe_failure(self.what, exc)) from exc
+
+
+_COLLECTIVE_SIGNS = ("gloo", "Gloo", "NCCL", "nccl", "timed out", "Timed out", "Connection reset",
+                     "Connection closed", "Broken pipe", "DistBackendError")
+
+
+def _is_collective_failure(exc: BaseException) -> bool:
+    backend_error = getattr(dist, "DistBackendError", None)
+    if backend_error is not None and isinstance(exc, backend_error):
+        return True
+    return isinstance(exc, RuntimeError) and any(s in str(exc) for s in _COLLECTIVE_SIGNS)
+
+
+def _describe_failure(what: str, exc: BaseException) -> str:
+    rank, world = world_info()
+    silent = unresponsive_ranks()
+    fix = "fix: restart the run with --resume from the last checkpoint; raise --dist-timeout if a rank is slow"
+    if silent:
+        names = ", ".join(str(r) for r in silent)
+        return (f"rank {rank}: rank{'s' if len(silent) > 1 else ''} {names} of {world} stopped answering while "
+                f"{what} (stalled, stopped or killed); {fix}")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"rank {rank}: a collective failed while {what} ({first}); {fix}"
+
+
+def unresponsive_ranks(wait_s: float = 5.0) -> list[int]:
+    """Ranks that do not check in through the store within ``wait_s`` seconds (best effort: [] if unknown)."""
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        rank, world = world_info()
+        store.set(f"fcnseg/alive/{rank}", "1")
+        deadline = time.monotonic() + wait_s
+        missing = list(range(world))
+        while missing and time.monotonic() < deadline:
+            missing = [r for r in missing if not store.check([f"fcnseg/alive/{r}"])]
+            time.sleep(0.2)
+        return missing
+    except Exception as e:  # noqa: BLE001 - the store itself may be gone with the failed rank
+        log.debug("could not ask the store which ranks are alive: %s", e)
+        return []
 
 
 def world_info() -> tuple[int, int]:

@@ -9,11 +9,11 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from .losses import segmentation_loss
 from .metrics import ConfusionMatrix
 from .normalization import Normalization
+from .progress import Progress
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[None]:
@@ -47,19 +47,27 @@ def train_one_epoch(
     max_steps: int,
     step: int,
     on_step: Callable[[int, float, float], None] | None = None,
-    progress: bool = True,
+    progress: bool | Progress = True,
 ) -> int:
     """Train until the loader ends or ``step`` reaches ``max_steps``; returns the new step count.
 
     ``on_step(step, loss, images_per_s)`` runs after every optimiser step (logging, validation, checkpoints).
+    ``progress`` is a run-wide :class:`~fcnseg.progress.Progress` counting steps, or a bool for a bar over
+    this loader alone. A batch left empty by skipped bad samples is passed over without a step.
     """
     set_train_mode(model)
-    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
-    bar = tqdm(total=total, desc="train", unit="batch", disable=not progress, dynamic_ncols=True, mininterval=1)
+    own_bar = not isinstance(progress, Progress)
+    if isinstance(progress, Progress):
+        bar = progress
+    else:
+        total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+        bar = Progress(total, "train", "step", enabled=bool(progress))
     t0, seen = time.perf_counter(), 0
     for images, masks in loader:
         if step >= max_steps:
             break
+        if images.shape[0] == 0:
+            continue
         x = norm(images.to(device, non_blocking=True))
         y = masks.to(device, non_blocking=True)
         with autocast(device, amp):
@@ -74,11 +82,11 @@ def train_one_epoch(
         step += 1
         seen += images.shape[0]
         ips = seen / (time.perf_counter() - t0)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4g}", img_s=f"{ips:.2f}", step=step)
+        bar.update(1, loss=f"{loss.item():.4g}", img_s=f"{ips:.2f}")
         if on_step is not None:
             on_step(step, loss.item(), ips)
-    bar.close()
+    if own_bar:
+        bar.close()
     return step
 
 
@@ -165,9 +173,12 @@ def evaluate(
     """
     model.eval()
     cm = ConfusionMatrix(num_classes, ignore_index, device=device)
-    for images, masks in tqdm(loader, desc="eval", unit="img", disable=not progress, dynamic_ncols=True,
-                              mininterval=1):
-        logits = predict_logits(model, norm(images.to(device)), flip=flip, window=window, amp=amp)
-        cm.update(logits.argmax(1), masks.to(device))
+    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+    with Progress(total, "eval", "img", enabled=progress) as bar:
+        for images, masks in loader:
+            if images.shape[0]:  # empty when skip_bad dropped the sample
+                logits = predict_logits(model, norm(images.to(device)), flip=flip, window=window, amp=amp)
+                cm.update(logits.argmax(1), masks.to(device))
+            bar.update(1)
     cm.reduce()
     return cm

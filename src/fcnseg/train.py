@@ -8,6 +8,8 @@ import logging
 import math
 import random
 import shutil
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,12 @@ from torch.utils.data import DataLoader, Dataset
 from . import data as fdata
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .distributed import ShardedSampler, init_distributed, is_main
+from .distributed import ShardedSampler, any_rank, collective, init_distributed, is_main, on_main
 from .engine import evaluate, set_train_mode, train_one_epoch
 from .models import build
 from .normalization import get_normalization
+from .outputs import OutputError, atomic_write, check_output_dir, free_bytes, remove_stale_temp_files
+from .progress import Progress
 
 log = logging.getLogger("fcnseg.train")
 
@@ -39,10 +43,11 @@ class SeededTransforms(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = self.dataset[i]
-        if self.transforms is None:
-            return image, mask
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        sample = self.dataset[i]
+        if sample is None or self.transforms is None:  # None: a bad sample skipped (skip_bad)
+            return sample
+        image, mask = sample
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
             return self.transforms(image, mask)
@@ -104,39 +109,135 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _prepare_out_dir(cfg: TrainConfig) -> Path:
-    out = Path(cfg.out_dir)
-    if out.exists() and any(out.iterdir()) and not (cfg.overwrite or cfg.resume):
-        raise FileExistsError(f"run folder {out} exists and is not empty: pass --overwrite, --resume, "
-                              "or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.overwrite and not cfg.resume:  # a new run: none of the old run's files may pass for this one's
-        for name in ("log.jsonl", "best.pt", "last.pt", "config.json"):
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / "tensorboard", ignore_errors=True)
-    return out
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped training; ``last.pt`` holds the step reached (``path``)."""
+
+    def __init__(self, step: int, path: Path, signal_name: str):
+        super().__init__(f"{signal_name} at step {step}: saved {path}; resume with: fcnseg train --resume {path}")
+        self.step, self.path = step, path
 
 
-def run_train(cfg: TrainConfig, *, progress: bool = True) -> Path:
-    """Train as ``cfg`` says; returns the path of the best checkpoint (by validation mean IU)."""
-    rank, world, device = init_distributed(cfg.device)
-    main = is_main()
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    out = _prepare_out_dir(cfg) if main else Path(cfg.out_dir)
+class _StopRequest:
+    """Signal handler for SIGINT/SIGTERM: the first asks training to stop after the current step (with a
+    checkpoint); a second one stops at once (files on disk stay whole: every write is atomic)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    # Loader workers leave SIGINT/SIGTERM to the main process, which saves and stops them in order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _datasets(cfg: TrainConfig) -> tuple[fdata.SegmentationDataset, fdata.SegmentationDataset]:
     root = cfg.resolved_data_root()
-
     train_ds = fdata.build_dataset(cfg.dataset, root, cfg.train_split, **cfg.dataset_args)
     val_kind, val_root, val_args = cfg.resolved_val()
     val_ds = fdata.build_dataset(val_kind, val_root, cfg.val_split, **val_args)
     if val_ds.classes != train_ds.classes:
         raise fdata.DataError(f"validation set {val_root} ({val_kind}) has classes {val_ds.classes}; the training "
                               f"set {root} has {train_ds.classes}: they must be the same, in the same order")
-    if cfg.skip_bad:
-        for ds in (train_ds, val_ds):
-            ds.check(skip_bad=True, progress=progress and main)
-    if len(train_ds) == 0 or len(val_ds) == 0:
-        raise fdata.DataError(f"empty split in {root}: train has {len(train_ds)}, val has {len(val_ds)} samples")
+    for ds in (train_ds, val_ds):
+        ds.max_pixels = cfg.max_pixels
+    return train_ds, val_ds
+
+
+def _checks_before_work(cfg: TrainConfig, datasets: tuple[fdata.SegmentationDataset, ...], progress: bool
+                        ) -> list[list[tuple[Path, Path]]]:
+    """Everything that can refuse the run, before any step, deletion or output: the run folder can be
+    written, and every sample passes validation (``--check-data``; bad ones dropped with ``--skip-bad``)."""
+    check_output_dir(cfg.out_dir, overwrite=cfg.overwrite, allow_existing=bool(cfg.resume))
+    if cfg.check_data != "off":
+        for ds in datasets:
+            report = ds.validate(cfg.check_data, skip_bad=cfg.skip_bad, progress=progress)
+            if report.bad:
+                log.warning("%s: skipped %d bad samples of %d (--skip-bad)", ds, len(report.bad), report.samples)
+    for ds in datasets:
+        if len(ds) == 0:
+            raise fdata.DataError(f"{ds}: empty split; fix: choose another --train-split/--val-split")
+    return [ds.samples for ds in datasets]
+
+
+def _start_run_folder(cfg: TrainConfig, out: Path) -> None:
+    """Create the run folder; remove temp files of killed runs; with ``--overwrite`` (a new run), the old
+    run's files, only now that every check has passed."""
+    out.mkdir(parents=True, exist_ok=True)
+    for p in remove_stale_temp_files(out):
+        log.info("removed %s, left by an interrupted write", p)
+    if cfg.overwrite and not cfg.resume:  # none of the old run's files may pass for this one's
+        for name in ("log.jsonl", "best.pt", "last.pt", "config.json"):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)
+
+
+def _check_disk_space(out: Path, model: nn.Module, cfg: TrainConfig) -> None:
+    """Refuse to start when the run folder's disk cannot hold the checkpoints (best, last and a temporary
+    copy while one is written): better now than a failed save an hour in."""
+    params = sum(p.numel() * p.element_size() for p in model.state_dict().values())
+    states = {"sgd": 1, "adamw": 2}.get(cfg.optimizer, 2)
+    need = 3 * params * (1 + states)
+    existing = sum((out / n).stat().st_size for n in ("best.pt", "last.pt") if (out / n).is_file())
+    free = free_bytes(out) + existing
+    if free < need:
+        raise OutputError(f"--out {out}: {free / 2**20:.0f} MiB free, checkpoints need about {need / 2**20:.0f} "
+                          f"MiB; fix: free disk space or choose another --out")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the log records of steps up to ``step``: a resumed run logs the later steps again, once."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except ValueError:
+            continue  # a line torn by a kill
+    text = "".join(line + "\n" for line in kept).encode()
+    atomic_write(path, lambda f: f.write(text))
+
+
+def _metrics_line(s: int, last: int, m: Any, best: float) -> str:
+    return (f"step {s}/{last}: val mean IU {100 * m.mean_iu:.2f}, pixel acc {100 * m.pixel_acc:.2f}, "
+            f"mean acc {100 * m.mean_acc:.2f}, f.w. IU {100 * m.fw_iu:.2f} (best mean IU {100 * best:.2f})")
+
+
+def run_train(cfg: TrainConfig, *, progress: bool = True) -> Path:
+    """Train as ``cfg`` says; returns the path of the best checkpoint (by validation mean IU).
+
+    Before any step, deletion or output, the run folder is checked and the data validated; SIGINT/SIGTERM
+    save ``last.pt`` at the current step and raise :class:`TrainingInterrupted`.
+    """
+    rank, world, device = init_distributed(cfg.device, cfg.dist_timeout)
+    main = is_main()
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    out = Path(cfg.out_dir)
+    train_ds, val_ds = _datasets(cfg)
+    train_ds.samples, val_ds.samples = on_main(lambda: _checks_before_work(cfg, (train_ds, val_ds),
+                                                                            progress and main))
+    for ds in (train_ds, val_ds):
+        ds.skip_bad = cfg.skip_bad
+        ds.share_skip_counter()
     if cfg.max_val_images:
         val_ds = torch.utils.data.Subset(val_ds, range(min(cfg.max_val_images, len(val_ds))))  # type: ignore[assignment]
     base = train_ds
@@ -162,22 +263,36 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     scheduler = make_scheduler(optimizer, cfg)
 
     step, epoch, start, best = 0, 0, 0, -math.inf
+    last_metrics: dict[str, Any] | None = None
     if cfg.resume:
         ck = load_checkpoint(cfg.resume)
         if ck.train_state is None:
-            raise ValueError(f"{cfg.resume} holds no training state (optimiser, step): cannot resume from it")
+            raise ValueError(f"--resume {cfg.resume}: holds no training state (optimiser, step); fix: start a new "
+                             f"run with --init-from {cfg.resume}")
         saved = ck.config or {}
         for key in ("model", "batch_size", "dataset", "train_split", "seed"):
             if key in saved and saved[key] != getattr(cfg, key):
-                raise ValueError(f"{cfg.resume} was trained with {key}={saved[key]!r}, not {getattr(cfg, key)!r}: "
-                                 f"resume with the same {key} (or start a new run with --init-from)")
+                raise ValueError(f"--resume {cfg.resume}: trained with {key}={saved[key]!r}, not "
+                                 f"{getattr(cfg, key)!r}; fix: resume with the same --{key.replace('_', '-')} "
+                                 f"(or start a new run with --init-from)")
         model.load_state_dict(ck.state_dict)
         optimizer.load_state_dict(ck.train_state["optimizer"])
         scheduler.load_state_dict(ck.train_state["scheduler"])
         step, epoch, start = ck.train_state["step"], ck.train_state["epoch"], ck.train_state["sampler_pos"]
         best = ck.train_state.get("best_miou", -math.inf)
+        last_metrics = ck.metrics
         _set_rng_state(ck.train_state["rng"])
         log.info("resumed from %s at step %d (epoch %d, sample %d)", cfg.resume, step, epoch, start)
+
+    def start_folder() -> None:
+        _check_disk_space(out, model, cfg)
+        _start_run_folder(cfg, out)
+        if cfg.resume:
+            _truncate_log(out / "log.jsonl", step)
+        config_text = (json.dumps(cfg.to_dict(), indent=2) + "\n").encode()
+        atomic_write(out / "config.json", lambda f: f.write(config_text))
+
+    on_main(start_folder)
 
     crop = cfg.crop_size or None
     tf = fdata.train_transforms(crop, scale_range=(cfg.scale_min, cfg.scale_max), hflip=cfg.hflip,
@@ -185,60 +300,80 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     samples = SeededTransforms(train_ds, tf, cfg.seed)
     sampler = ShardedSampler(len(samples), shuffle=True, seed=cfg.seed, pad=True)
     val_loader = DataLoader(val_ds, batch_size=1, sampler=ShardedSampler(len(val_ds), shuffle=False, pad=False),
-                            num_workers=cfg.workers, collate_fn=fdata.pad_collate)
+                            num_workers=cfg.workers, collate_fn=fdata.pad_collate,
+                            worker_init_fn=_ignore_stop_signals)
     amp = cfg.amp if device.type == "cuda" else cfg.amp_cpu
     writer = _tensorboard(out) if main else None
-    if main:
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     epoch_start_step = step
-    best_path = out / "best.pt"
+    best_path, last_path = out / "best.pt", out / "last.pt"
+    last = cfg.stop_at or cfg.max_steps
+    bar = Progress(last, "train", "step", enabled=progress and main, initial=step)
+    stop = _StopRequest()
 
-    def checkpoint(metrics: dict[str, Any] | None, s: int, pos: int) -> Checkpoint:
+    def checkpoint(s: int, pos: int) -> Checkpoint:
         return Checkpoint(
             model_name=cfg.model, model_args=model_args, state_dict=model.state_dict(), classes=list(classes),
             palette=list(palette), normalization=norm, ignore_index=ignore, config=cfg.to_dict(),
-            metrics=metrics,
+            metrics=last_metrics,
             train_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": s,
                          "epoch": epoch, "sampler_pos": pos, "rng": _rng_state(), "best_miou": best},
         )
 
     def on_step(s: int, loss: float, ips: float) -> None:
-        nonlocal best
+        nonlocal best, last_metrics
         pos = start + (s - epoch_start_step) * cfg.batch_size
         if main and (s % cfg.log_every == 0 or s == cfg.max_steps):
             lr = optimizer.param_groups[0]["lr"]
             _log(out, writer, {"step": s, "loss": loss, "lr": lr, "images_per_s": ips * world})
         if s % cfg.val_every == 0 or s in (cfg.max_steps, cfg.stop_at):
-            cm = evaluate(model, val_loader, num_classes=len(classes), norm=norm, device=device,
-                          ignore_index=ignore, amp=amp, progress=progress and main)
+            with collective(f"validating at step {s}"):
+                cm = evaluate(model, val_loader, num_classes=len(classes), norm=norm, device=device,
+                              ignore_index=ignore, amp=amp, progress=False)
             m = cm.compute()
             set_train_mode(model)
             if main:
-                metrics = {"step": s, **{k: v for k, v in m.to_dict().items()}}
+                last_metrics = {"step": s, **m.to_dict()}
                 _log(out, writer, {"step": s, "val_pixel_acc": m.pixel_acc, "val_mean_acc": m.mean_acc,
                                    "val_mean_iu": m.mean_iu, "val_fw_iu": m.fw_iu})
                 improved = m.mean_iu > best
                 best = max(best, m.mean_iu)
-                ck = checkpoint(metrics, s, pos)
-                save_checkpoint(ck, out / "last.pt")
+                bar.write(_metrics_line(s, last, m, best))
+                ck = checkpoint(s, pos)
+                # best.pt first: a kill between the two writes leaves last.pt at the previous validation, so
+                # the resumed run validates this step again and rewrites best.pt the same way.
                 if improved:
                     save_checkpoint(ck, best_path)
+                save_checkpoint(ck, last_path)
+        if any_rank(stop.signum is not None) and s < last:
+            name = signal.Signals(stop.signum).name if stop.signum else "a stop request to another rank"
+            if main:
+                save_checkpoint(checkpoint(s, pos), last_path)
+            raise TrainingInterrupted(s, last_path, name)
 
-    last = cfg.stop_at or cfg.max_steps
-    while step < last:
-        sampler.set_epoch(epoch, start)
-        samples.epoch = epoch
-        loader = DataLoader(samples, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                            collate_fn=functools.partial(fdata.pad_collate, ignore_index=ignore),
-                            generator=torch.Generator().manual_seed(cfg.seed + epoch),
-                            pin_memory=device.type == "cuda", drop_last=False)
-        epoch_start_step = step
-        step = train_one_epoch(ddp_model, loader, optimizer, scheduler, norm=norm, device=device,
-                               loss_reduction=cfg.loss, ignore_index=ignore, amp=amp, max_steps=last,
-                               step=step, on_step=on_step, progress=progress and main)
-        epoch, start = epoch + 1, 0  # the loader ended (or max_steps was reached and the loop ends)
-    if writer is not None:
-        writer.close()
+    stop.install()
+    try:
+        with collective("training"):
+            while step < last:
+                sampler.set_epoch(epoch, start)
+                samples.epoch = epoch
+                loader = DataLoader(samples, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                                    collate_fn=functools.partial(fdata.pad_collate, ignore_index=ignore),
+                                    generator=torch.Generator().manual_seed(cfg.seed + epoch),
+                                    pin_memory=device.type == "cuda", drop_last=False,
+                                    worker_init_fn=_ignore_stop_signals)
+                epoch_start_step = step
+                step = train_one_epoch(ddp_model, loader, optimizer, scheduler, norm=norm, device=device,
+                                       loss_reduction=cfg.loss, ignore_index=ignore, amp=amp, max_steps=last,
+                                       step=step, on_step=on_step, progress=bar)
+                epoch, start = epoch + 1, 0  # the loader ended (or max_steps was reached and the loop ends)
+    finally:
+        stop.restore()
+        bar.close()
+        if writer is not None:
+            writer.close()
+    skipped = train_ds.skipped + (val_ds.skipped if isinstance(val_ds, fdata.SegmentationDataset) else 0)
+    if skipped and main:
+        log.warning("skipped %d samples that failed to load (--skip-bad)", skipped)
     return best_path
 
 
@@ -254,6 +389,7 @@ def _tensorboard(out: Path) -> Any:
 def _log(out: Path, writer: Any, record: dict[str, float]) -> None:
     with open(out / "log.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
+        f.flush()
     if writer is not None:
         for k, v in record.items():
             if k != "step":
