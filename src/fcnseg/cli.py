@@ -1,4 +1,9 @@
-"""``fcnseg train | eval | predict | export | convert | models``: argparse over the library functions."""
+"""``fcnseg train | eval | predict | export | convert | models``: argparse over the library functions.
+
+Errors reach the user as one line that names the file or flag and says the fix; ``--debug`` shows the
+traceback instead. Exit codes: 0 done, 2 refused (bad input, output or arguments), 1 an unexpected failure,
+130 interrupted (SIGINT/SIGTERM; training saved ``last.pt`` first).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig
+from .io import DEFAULT_MAX_PIXELS
+from .predict import DEFAULT_TILE_PIXELS
 
 # Train flags are generated from TrainConfig, so the dataclass stays the one source of defaults.
 _FLAG_HELP = {
@@ -58,63 +65,105 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--model-arg", dest="model_args", action="append", metavar="KEY=VALUE", help=hint)
         elif f.name == "dataset_args":
             p.add_argument("--dataset-arg", dest="dataset_args", action="append", metavar="KEY=VALUE",
-                           help="extra dataset argument KEY=VALUE (repeatable), e.g. --dataset-arg binary=true")
+                           help="extra dataset argument KEY=VALUE (repeatable), e.g. --dataset-arg binary=true; "
+                           "keys per dataset: " + _dataset_arg_help())
+        elif f.name == "check_data":
+            p.add_argument(flag, choices=["headers", "labels", "full", "off"], default=None, help=hint)
         elif f.type in ("bool", bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=hint)
         else:
             typ = {"int": int, "float": float}.get(str(f.type), str)
             p.add_argument(flag, type=typ, default=None, help=hint)
     p.add_argument("--pretrained", action="store_true", help="shortcut for --model-arg pretrained=true")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _dataset_arg_help() -> str:
+    """``folder: images, masks, ...; voc: year; ...`` from the dataset classes' signatures."""
+    import inspect
+
+    from .data import DATASETS
+
+    parts = []
+    for name, cls in DATASETS.items():
+        keys = [k for k in inspect.signature(cls).parameters if k not in ("root", "split", "transforms")]
+        parts.append(f"{name}: {', '.join(keys) if keys else '(none)'}")
+    return "; ".join(parts) + (" (folder: threshold=N for lossy JPEG masks, resize=image|mask|error for masks "
+                               "of another size, holdout=0.1 to hold images out for val, binary=true for 0/255 "
+                               "masks)")
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="the paper's four metrics of a checkpoint on a split")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--dataset", help="voc, sbd, camvid, folder (default: the checkpoint's)")
-    p.add_argument("--data", dest="data_root", help="dataset folder (default: the checkpoint's)")
-    p.add_argument("--split", default="val")
-    p.add_argument("--out", help="JSON file for the metrics and the confusion matrix")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--flip", action="store_true", help="average with the mirrored prediction")
-    p.add_argument("--window", type=int, default=0, help="sliding-window side (0 = whole images)")
-    p.add_argument("--device", default="")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--skip-bad", action="store_true")
+    p = sub.add_parser("eval", help="the paper's four metrics of a checkpoint on a split",
+                       description="Pixel accuracy, mean accuracy, mean IU and frequency-weighted IU (arXiv:1411.4038, "
+                       "section 5) over a whole split at the labels' resolution. Defaults: the split, dataset and "
+                       "folder the checkpoint was validated on.")
+    p.add_argument("--checkpoint", required=True, help="fcnseg checkpoint (.pt); gives the classes and, for "
+                   "--engine torch, the weights")
+    p.add_argument("--dataset", help="voc, sbd, camvid, folder (default: the checkpoint's validation set)")
+    p.add_argument("--data", dest="data_root", help="dataset folder (default: the checkpoint's validation folder)")
+    p.add_argument("--split", default=None, help="split to score (default: the checkpoint's validation split)")
+    p.add_argument("--dataset-arg", dest="dataset_args", action="append", metavar="KEY=VALUE",
+                   help="extra dataset argument (repeatable); keys per dataset: " + _dataset_arg_help())
+    p.add_argument("--out", help="JSON file for the metrics and the confusion matrix (checked before any work)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--engine", choices=["torch", "onnxruntime"], default="torch",
+                   help="torch: the checkpoint's weights; onnxruntime: the exported --onnx file (e.g. int8)")
+    p.add_argument("--onnx", help="ONNX file for --engine onnxruntime (made by `fcnseg export`)")
+    p.add_argument("--flip", action="store_true", help="average with the mirrored prediction (torch engine)")
+    p.add_argument("--window", type=int, default=0, help="sliding-window side in pixels (0 = whole images)")
+    p.add_argument("--device", default="", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable or inconsistent samples (counted) "
+                   "instead of stopping")
+    p.add_argument("--check-data", choices=["headers", "labels", "full", "off"], default="headers",
+                   help="validate the split before scoring (default: headers)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest image read (width x "
+                   f"height; default {DEFAULT_MAX_PIXELS:,})")
     p.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images (0 = all)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="segment images: palette label PNGs and colour overlays")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("inputs", nargs="+", help="image files or folders")
-    p.add_argument("-o", "--out", required=True, help="output folder")
+    p = sub.add_parser("predict", help="segment images: palette label PNGs and colour overlays",
+                       description="Write <stem>.png (palette PNG of class indices) and <stem>_overlay.png for every "
+                       "image. Any format Pillow reads; EXIF orientation applied; images over --tile-pixels are "
+                       "predicted in tiles, so memory stays bounded.")
+    p.add_argument("--checkpoint", required=True, help="fcnseg checkpoint (.pt)")
+    p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("-o", "--out", required=True, help="output folder (checked before any work)")
     p.add_argument("--no-overlay", action="store_true", help="write only the label PNGs")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--flip", action="store_true")
-    p.add_argument("--window", type=int, default=0)
-    p.add_argument("--device", default="")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--engine", choices=["torch", "onnxruntime"], default="torch")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted at the end) instead "
+                   "of stopping")
+    p.add_argument("--flip", action="store_true", help="average with the mirrored prediction")
+    p.add_argument("--window", type=int, default=0, help="sliding-window side in pixels, averaged (0 = off)")
+    p.add_argument("--tile-pixels", type=int, default=DEFAULT_TILE_PIXELS, help="images with more pixels are "
+                   f"predicted in tiles of about this many (bounds memory; default {DEFAULT_TILE_PIXELS:,})")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest image read (width x "
+                   f"height; default {DEFAULT_MAX_PIXELS:,}); larger files are refused")
+    p.add_argument("--device", default="", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--workers", type=int, default=2, help="image-decoding processes")
+    p.add_argument("--engine", choices=["torch", "onnxruntime"], default="torch",
+                   help="torch: the checkpoint's weights; onnxruntime: the exported --onnx file")
     p.add_argument("--onnx", help="ONNX file for --engine onnxruntime")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: faster on CPUs with "
                    "AVX512-BF16 and on GPUs")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript (dynamic H, W)")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="fcnseg checkpoint (.pt)")
     p.add_argument("-o", "--out", required=True, help="output file (.onnx or .pt)")
     p.add_argument("--format", choices=["onnx", "torchscript"], default=None,
                    help="default: from the suffix of OUT (.onnx -> onnx, .pt/.ts -> torchscript)")
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset version")
     p.add_argument("--int8", metavar="IMAGES", nargs="+", default=None,
                    help="quantise the ONNX graph to int8 (ONNX Runtime, static), calibrating on these image "
                    "files or folders (e.g. training images)")
     p.add_argument("--calibration-images", type=int, default=32, help="at most this many images for --int8")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
@@ -180,7 +229,8 @@ def _train(a: argparse.Namespace) -> int:
     from .train import run_train
 
     best = run_train(train_config(a), progress=not a.quiet)
-    print(f"best checkpoint: {best}")
+    if best.is_file():
+        print(f"best checkpoint: {best}")
     return 0
 
 
@@ -189,7 +239,9 @@ def _eval(a: argparse.Namespace) -> int:
 
     run_eval(a.checkpoint, dataset=a.dataset, data_root=a.data_root, split=a.split, out=a.out,
              overwrite=a.overwrite, flip=a.flip, window=a.window, device=a.device, workers=a.workers,
-             skip_bad=a.skip_bad, max_images=a.max_images, progress=not a.quiet)
+             skip_bad=a.skip_bad, max_images=a.max_images, progress=not a.quiet, engine=a.engine, onnx_file=a.onnx,
+             max_pixels=a.max_pixels, check_data=a.check_data,
+             dataset_args=_key_values(a.dataset_args, "--dataset-arg"))
     return 0
 
 
@@ -198,8 +250,10 @@ def _predict(a: argparse.Namespace) -> int:
 
     r = run_predict(a.checkpoint, a.inputs, a.out, overlay=not a.no_overlay, overwrite=a.overwrite,
                     flip=a.flip, window=a.window, device=a.device, workers=a.workers, engine=a.engine,
-                    onnx_file=a.onnx, precision=a.precision, progress=not a.quiet)
-    print(f"{r['images']} images in {r['seconds']:.1f} s ({r['images_per_s']:.2f} images/s) -> {a.out}")
+                    onnx_file=a.onnx, precision=a.precision, progress=not a.quiet, skip_bad=a.skip_bad,
+                    max_pixels=a.max_pixels, tile_pixels=a.tile_pixels)
+    skipped = f", {r['skipped']} skipped (unreadable)" if r["skipped"] else ""
+    print(f"{r['images']} images in {r['seconds']:.1f} s ({r['images_per_s']:.2f} images/s){skipped} -> {a.out}")
     return 0
 
 
@@ -255,9 +309,13 @@ COMMANDS = {"train": (_add_train, _train), "eval": (_add_eval, _eval), "predict"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="fcnseg", description="Fully Convolutional Networks for Semantic "
                                      "Segmentation (Long, Shelhamer & Darrell, arXiv:1411.4038)")
+    parser.add_argument("--version", action="version", version=f"fcnseg {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
     for add, _ in COMMANDS.values():
         add(sub)
@@ -265,16 +323,54 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; errors are printed as one line (``--debug``: raised) and turned into exit codes."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    from .train import TrainingInterrupted
+
+    def fail(message: str, code: int) -> int:
+        print(f"fcnseg {args.command}: {message}", file=sys.stderr)
+        return code
+
     try:
         return COMMANDS[args.command][1](args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
-        if args.verbose:
+    except TrainingInterrupted as e:
+        return fail(f"interrupted: {e}", 130)
+    except KeyboardInterrupt:
+        if args.debug:
             raise
-        print(f"fcnseg {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return fail("interrupted", 130)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, NotADirectoryError, PermissionError) as e:
+        if args.debug:
+            raise
+        return fail(f"error: {_one_line(e)}", 2)
+    except OSError as e:
+        if args.debug:
+            raise
+        from .outputs import describe_os_error
+
+        return fail(f"error: {describe_os_error(e, e.filename or '?', 'path') if e.errno else _one_line(e)}", 2)
+    except Exception as e:  # noqa: BLE001 - the promise is one line, never a traceback, unless --debug
+        if args.debug:
+            raise
+        from .distributed import DistributedError
+        from .predict import PredictionError
+
+        if isinstance(e, DistributedError | PredictionError | FloatingPointError):
+            return fail(f"error: {_one_line(e)}", 1)
+        return fail(f"unexpected {type(e).__name__}: {_one_line(e)}; fix: rerun with --debug for the traceback "
+                    f"and report it", 1)
+
+
+def _one_line(e: BaseException) -> str:
+    """The exception's message as one line: a DataLoader worker's wrapped traceback is cut to its message."""
+    from .io import clean_error_message
+
+    text = clean_error_message(str(e), type(e).__name__) or type(e).__name__
+    if isinstance(e, KeyError) and text.startswith(("'", '"')):
+        text = text[1:-1]
+    return " ".join(text.split("\n")[0].split()) if "\n" in text else text
 
 
 if __name__ == "__main__":

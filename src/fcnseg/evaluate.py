@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +14,15 @@ from torch.utils.data import DataLoader
 
 from . import data as fdata
 from .checkpoint import load_checkpoint
-from .distributed import ShardedSampler, init_distributed, is_main
+from .distributed import ShardedSampler, init_distributed, is_main, on_main
 from .engine import evaluate
-from .metrics import SegMetrics
+from .io import DEFAULT_MAX_PIXELS
+from .metrics import ConfusionMatrix, SegMetrics
+from .outputs import atomic_write, check_output_file
+from .predict import make_scorer
+from .progress import Progress
+
+log = logging.getLogger(__name__)
 
 
 def format_metrics(m: SegMetrics, classes: list[str]) -> str:
@@ -33,51 +41,89 @@ def format_metrics(m: SegMetrics, classes: list[str]) -> str:
 
 
 def run_eval(checkpoint: str | Path, *, dataset: str | None = None, data_root: str | None = None,
-             split: str = "val", out: str | Path | None = None, overwrite: bool = False, flip: bool = False,
+             split: str | None = None, out: str | Path | None = None, overwrite: bool = False, flip: bool = False,
              window: int = 0, device: str = "", workers: int = 2, skip_bad: bool = False, amp: bool = False,
-             max_images: int = 0, progress: bool = True) -> SegMetrics:
+             max_images: int = 0, progress: bool = True, engine: str = "torch", onnx_file: str | None = None,
+             max_pixels: int = DEFAULT_MAX_PIXELS, check_data: str = "headers",
+             dataset_args: dict[str, Any] | None = None) -> SegMetrics:
     """Evaluate ``checkpoint`` on ``split`` at the labels' original resolution; write JSON to ``out``.
 
-    ``dataset`` and ``data_root`` default to those the checkpoint was trained on. Under ``torchrun`` the
-    split is sharded over processes and their confusion matrices summed.
+    By default the split, dataset and folder are those the checkpoint was validated on during training.
+    ``out`` is checked before any work; the data is validated (``check_data``) before the first image, bad
+    samples dropped and counted with ``skip_bad``. ``engine="onnxruntime"`` scores an exported ONNX file
+    (``onnx_file``, e.g. an int8 export) instead of the checkpoint's weights, which still give the classes.
+    Under ``torchrun`` the split is sharded over processes and their confusion matrices summed.
     """
     ck = load_checkpoint(checkpoint)
     cfg: dict[str, Any] = ck.config or {}
-    same = dataset is None or dataset == cfg.get("dataset")
-    dataset = dataset or cfg.get("dataset")
-    if not dataset:
-        raise ValueError(f"{checkpoint} does not record its dataset: pass --dataset")
-    root = Path(data_root) if data_root else None
-    if root is None:
-        from .config import TrainConfig
-
-        root = TrainConfig(dataset=dataset, data_root=cfg.get("data_root", "") if same else "").resolved_data_root()
-    out_path = Path(out) if out else None
-    if out_path is not None and out_path.exists() and not overwrite:
-        raise FileExistsError(f"{out_path} exists: pass --overwrite or choose another --out")
+    out_path = check_output_file(out, overwrite=overwrite) if out else None
+    kind, root, args, split = _resolve_data(cfg, checkpoint, dataset, data_root, split)
+    args = {**args, **(dataset_args or {})}
 
     _, _, dev = init_distributed(device)
-    ds = fdata.build_dataset(dataset, root, split, **((cfg.get("dataset_args") or {}) if same else {}))
-    if skip_bad:
-        ds.check(skip_bad=True, progress=progress and is_main())
+    ds = fdata.build_dataset(kind, root, split, **args)
+    ds.max_pixels = max_pixels
+    if check_data != "off":
+        report = on_main(lambda: ds.validate(check_data, skip_bad=skip_bad, progress=progress and is_main()))
+        if report.bad:
+            log.warning("%s: skipped %d bad samples of %d (--skip-bad)", ds, len(report.bad), report.samples)
+    ds.skip_bad = skip_bad
+    ds.share_skip_counter()
     if len(ds) == 0:
-        raise fdata.DataError(f"split {split!r} of {root} is empty")
+        raise fdata.DataError(f"split {split!r} of {root} is empty; fix: choose another --split")
     if ds.num_classes != len(ck.classes):
-        raise ValueError(f"{root} has {ds.num_classes} classes; {checkpoint} predicts {len(ck.classes)}")
+        raise ValueError(f"--data {root} has {ds.num_classes} classes; --checkpoint {checkpoint} predicts "
+                         f"{len(ck.classes)}; fix: evaluate on the dataset the model was trained for")
+    full = ds
     if max_images:
         ds = torch.utils.data.Subset(ds, range(min(max_images, len(ds))))  # type: ignore[assignment]
     loader = DataLoader(ds, batch_size=1, sampler=ShardedSampler(len(ds), shuffle=False, pad=False),
                         num_workers=workers, collate_fn=fdata.pad_collate)
-    model = ck.build_model().to(dev)
-    cm = evaluate(model, loader, num_classes=len(ck.classes), norm=ck.normalization, device=dev,
-                  ignore_index=ck.ignore_index, flip=flip, window=window, amp=amp, progress=progress and is_main())
+    if engine == "torch":
+        model = ck.build_model().to(dev)
+        cm = evaluate(model, loader, num_classes=len(ck.classes), norm=ck.normalization, device=dev,
+                      ignore_index=ck.ignore_index, flip=flip, window=window, amp=amp,
+                      progress=progress and is_main())
+    else:
+        scores = make_scorer(ck, dev, engine, onnx_file, flip, window)
+        cm = ConfusionMatrix(len(ck.classes), ck.ignore_index)
+        with Progress(len(loader), "eval", "img", enabled=progress and is_main()) as bar:
+            for images, masks in loader:
+                if images.shape[0]:
+                    cm.update(scores(images).argmax(1), masks)
+                bar.update(1)
+        cm.reduce()
     m = cm.compute()
+    if full.skipped:
+        log.warning("skipped %d samples that failed to load (--skip-bad)", full.skipped)
     if is_main():
         print(format_metrics(m, ck.classes))
         if out_path is not None:
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            record = {"checkpoint": str(checkpoint), "dataset": dataset, "root": str(root), "split": split,
-                      "flip": flip, "window": window, "classes": ck.classes, **m.to_dict(),
-                      "confusion_matrix": cm.mat.cpu().tolist()}
-            out_path.write_text(json.dumps(record, indent=2) + "\n")
+            record = {"checkpoint": str(checkpoint), "engine": engine, "onnx": onnx_file, "dataset": kind,
+                      "root": str(root), "split": split, "flip": flip, "window": window, "classes": ck.classes,
+                      **m.to_dict(), "confusion_matrix": cm.mat.cpu().tolist()}
+            text = (json.dumps(record, indent=2) + "\n").encode()
+            atomic_write(out_path, lambda f: f.write(text))
     return m
+
+
+def _resolve_data(cfg: dict[str, Any], checkpoint: str | Path, dataset: str | None, data_root: str | None,
+                  split: str | None) -> tuple[str, Path, dict[str, Any], str]:
+    """(family, folder, dataset kwargs, split) to evaluate on: what is given, else what the checkpoint was
+    validated on during training (its ``val_dataset``, ``val_data_root`` and ``val_split``)."""
+    from .config import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)}
+    trained = TrainConfig(**{k: v for k, v in cfg.items() if k in names}) if cfg.get("dataset") else None
+    if trained is None and not dataset:
+        raise ValueError(f"--checkpoint {checkpoint} does not record its dataset; fix: pass --dataset and --data")
+    if trained is not None and (dataset is None or dataset == trained.resolved_val()[0]):
+        kind, root, args = trained.resolved_val()
+        split = split or trained.val_split
+    elif trained is not None and dataset == trained.dataset:
+        kind, root, args = dataset, trained.resolved_data_root(), trained.dataset_args
+    else:
+        kind, root, args = str(dataset), TrainConfig(dataset=str(dataset)).resolved_data_root(), {}
+    if data_root:
+        root = Path(data_root)
+    return kind, root, dict(args), split or "val"

@@ -6,15 +6,19 @@ time, so the exported graph keeps the geometry for every input size.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from .checkpoint import Checkpoint, load_checkpoint
+from .outputs import TEMP_SUFFIX, OutputError, check_output_file, describe_os_error
 
 FORMATS = ("onnx", "torchscript")
 
@@ -46,27 +50,33 @@ def export_model(checkpoint: str | Path | Checkpoint, out: str | Path, *, fmt: s
     if int8_calibration is not None and not int8_calibration:
         raise ValueError("int8 quantisation needs calibration images: none given")
     ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists: pass --overwrite or choose another -o")
+    out = check_output_file(out, flag="-o", overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = _Logits(ck.build_model()).eval()
     c = ck.model_args.get("in_channels", 3)
     x = torch.randn(1, c, *sample_size)
-    if fmt == "torchscript":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracing warns about shape-dependent slicing, which is intended
-            traced = torch.jit.trace(model, x, check_trace=False)
-        traced.save(str(out))
-        return out
-    if int8_calibration is None:
-        _onnx_export(model, x, out, opset)
-        return out
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / "fp32.onnx"
-        _onnx_export(model, x, fp32, opset)
-        images = (_load_normalized(p, ck) for p in int8_calibration)
-        quantize_onnx_int8(fp32, out, images)
+    # Written beside the target and renamed over it: an interrupted export never leaves a half file.
+    tmp_out = out.with_name(f".{out.name}.{os.getpid()}{TEMP_SUFFIX}")
+    try:
+        if fmt == "torchscript":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tracing warns about shape-dependent slicing, which is intended
+                traced = torch.jit.trace(model, x, check_trace=False)
+            traced.save(str(tmp_out))
+        elif int8_calibration is None:
+            _onnx_export(model, x, tmp_out, opset)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                fp32 = Path(tmp) / "fp32.onnx"
+                _onnx_export(model, x, fp32, opset)
+                images = (_load_normalized(p, ck) for p in int8_calibration)
+                quantize_onnx_int8(fp32, tmp_out, images)
+        os.chmod(tmp_out, 0o644)
+        os.replace(tmp_out, out)
+    except OSError as e:
+        raise OutputError(describe_os_error(e, out, "-o")) from e
+    finally:
+        tmp_out.unlink(missing_ok=True)
     return out
 
 
@@ -82,7 +92,7 @@ def _onnx_export(model: nn.Module, x: Tensor, out: Path, opset: int) -> None:
 
 
 def _load_normalized(path: str | Path, ck: Checkpoint) -> Tensor:
-    from .data.base import read_image
+    from .io import read_image
 
     return ck.normalization(read_image(Path(path)).unsqueeze(0))
 
@@ -101,9 +111,21 @@ def quantize_onnx_int8(src: str | Path, dst: str | Path, images: Iterable[Tensor
             x = next(self.it, None)
             return None if x is None else {"image": x.numpy()}
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet_root_logger():
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(dst), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     return Path(dst)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """ONNX Runtime's quantiser logs an INFO line per tensor on the root logger: hold it at WARNING."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)

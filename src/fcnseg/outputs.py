@@ -108,10 +108,11 @@ def check_output_file(path: str | os.PathLike[str], *, flag: str = "--out", over
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None], *,
-                 flag: str = "--out") -> Path:
+                 flag: str = "--out", fsync: bool = True) -> Path:
     """Write ``path`` through ``write(file)`` atomically and durably (temp file, fsync, chmod 0644, rename,
     fsync of the folder). On any error the target is untouched, the temp file removed, and an ``OSError``
-    becomes an :class:`OutputError` naming the path."""
+    becomes an :class:`OutputError` naming the path. ``fsync=False`` keeps the atomic rename but skips the
+    syncs (outputs that can be made again, written by the thousand)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,10 +123,12 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600: outputs are for others to read too
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        if fsync:
+            _fsync_dir(path.parent)
     except OSError as e:
         raise OutputError(describe_os_error(e, path, flag)) from e
     finally:

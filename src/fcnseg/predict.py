@@ -1,10 +1,15 @@
 """``fcnseg predict``: segment files or folders; palette label PNGs and colour overlays with a legend.
 
 Decoding runs in loader workers and writing in a thread pool, so both overlap the network's compute.
+Images are read by :mod:`fcnseg.io` (EXIF orientation, 16-bit, any mode, pixel budget). An image larger
+than ``tile_pixels`` is predicted in tiles (:func:`predict_labels_tiled`), so peak memory stays bounded
+whatever the photo's size.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,47 +20,68 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .engine import predict_logits, prepare_inference
+from .io import DEFAULT_MAX_PIXELS, DataError, is_image_file, read_image
+from .outputs import atomic_write, check_output_dir
+from .progress import Progress
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+log = logging.getLogger(__name__)
+
+DEFAULT_TILE_PIXELS = 1024 * 1024
+"""Images with more pixels than this are predicted in tiles of about this many pixels (bounded memory)."""
+
+
+class PredictionError(RuntimeError):
+    """Prediction of one image failed (e.g. out of memory); the message names the image and the flag to use."""
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files named directly or found (recursively) in folders, in a stable order."""
+    """Image files named directly or found (recursively) in folders, in a stable order.
+
+    A folder's files are taken when Pillow opens their suffix (:data:`fcnseg.io.IMAGE_EXTENSIONS`); other
+    files are reported in one log line, never skipped silently.
+    """
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            entries = sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith("."))
+            found = [p for p in entries if is_image_file(p)]
+            others = [p for p in entries if not is_image_file(p)]
+            if others:
+                suffixes = sorted({p.suffix or p.name for p in others})
+                log.warning("%s: skipping %d files that are not images (%s)", item, len(others),
+                            ", ".join(suffixes[:6]) + (", ..." if len(suffixes) > 6 else ""))
             if not found:
-                raise FileNotFoundError(f"folder {item} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+                raise FileNotFoundError(f"folder {item} holds no images (e.g. .png, .jpg, .tif, .gif, .webp); "
+                                        f"fix: pass a folder of images")
             files += found
         elif item.is_file():
             files.append(item)
         else:
-            raise FileNotFoundError(f"input {item} does not exist")
+            raise FileNotFoundError(f"input {item} does not exist; fix: pass image files or folders")
     if not files:
         raise FileNotFoundError("no input images given")
     return files
 
 
 class _Images(Dataset):
-    def __init__(self, files: list[Path]):
-        self.files = files
+    """Decoded images by index; a bad file gives ``(None, i, message)`` when ``skip_bad``, else raises."""
+
+    def __init__(self, files: list[Path], max_pixels: int, skip_bad: bool):
+        self.files, self.max_pixels, self.skip_bad = files, max_pixels, skip_bad
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        path = self.files[i]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str]:
         try:
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB"))
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(f"cannot read image {path}: {e}") from e
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1), i  # uint8 (3, H, W)
+            return read_image(self.files[i], max_pixels=self.max_pixels), i, ""  # uint8 (3, H, W)
+        except DataError as e:
+            if not self.skip_bad:
+                raise
+            return None, i, str(e)
 
 
 def palette_image(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> Image.Image:
@@ -85,47 +111,141 @@ def overlay_image(rgb: np.ndarray, labels: np.ndarray, palette: Sequence[Sequenc
     return canvas
 
 
+def tile_grid(h: int, w: int, tile_pixels: int) -> tuple[int, int]:
+    """``(core, margin)`` of the tiles for an ``h`` x ``w`` image: each tile is a ``core`` square of
+    output plus ``margin`` pixels of context on every side, about ``tile_pixels`` pixels in all."""
+    side = max(64, int(math.isqrt(max(tile_pixels, 1))))
+    margin = side // 8
+    return side - 2 * margin, margin
+
+
+def predict_labels_tiled(scores: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, tile_pixels: int
+                         ) -> np.ndarray:
+    """Labels (H, W) uint8 of a uint8 (3, H, W) image, predicted tile by tile.
+
+    Each tile's core square takes its labels from a prediction over the core plus a margin of context
+    (1/8 of the tile's side) on each side, so memory is bounded by one tile's activations plus the image and
+    its labels (4 bytes a pixel), and seams see context like the inside of the image. ``scores(region)`` maps
+    a uint8 (3, h, w) region to class scores (K, h, w).
+    """
+    _, h, w = image.shape
+    core, margin = tile_grid(h, w, tile_pixels)
+    labels = np.empty((h, w), dtype=np.uint8)
+    for y0 in range(0, h, core):
+        for x0 in range(0, w, core):
+            y1, x1 = min(y0 + core, h), min(x0 + core, w)
+            ry0, rx0 = max(0, y0 - margin), max(0, x0 - margin)
+            ry1, rx1 = min(h, y1 + margin), min(w, x1 + margin)
+            s = scores(image[:, ry0:ry1, rx0:rx1])  # (K, rh, rw)
+            core_scores = s[:, y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0]
+            labels[y0:y1, x0:x1] = core_scores.argmax(0).to(torch.uint8).cpu().numpy()
+    return labels
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    text = str(e).lower()
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text \
+        or "not enough memory" in text
+
+
+class Predictor:
+    """Class labels for uint8 RGB images, from a checkpoint, with the engine and precision chosen once.
+
+    ``predictor(image)`` takes a uint8 (3, H, W) tensor and returns uint8 labels (H, W);
+    :meth:`labels_batch` takes same-size images (N, 3, H, W). Images over ``tile_pixels`` are predicted in
+    tiles (:func:`predict_labels_tiled`); out of memory becomes a :class:`PredictionError` naming the flag.
+    """
+
+    def __init__(self, checkpoint: str | Path | Checkpoint, *, device: str = "", engine: str = "torch",
+                 onnx_file: str | None = None, precision: str = "fp32", flip: bool = False, window: int = 0,
+                 tile_pixels: int = DEFAULT_TILE_PIXELS):
+        self.ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.tile_pixels = tile_pixels
+        self._scores = make_scorer(self.ck, self.device, engine, onnx_file, flip, window, precision)
+
+    def scores(self, images: torch.Tensor) -> torch.Tensor:
+        """Class scores (N, K, H, W) float32 of uint8 images (N, 3, H, W), on the CPU."""
+        return self._scores(images)
+
+    def labels_batch(self, images: torch.Tensor) -> np.ndarray:
+        """uint8 labels (N, H, W) of same-size uint8 images (N, 3, H, W); no tiling (the caller sizes batches)."""
+        return self._guard(lambda: self.scores(images).argmax(1).to(torch.uint8).numpy(), images.shape)
+
+    def __call__(self, image: torch.Tensor, name: str = "image") -> np.ndarray:
+        _, h, w = image.shape
+        if h * w <= self.tile_pixels:
+            return self._guard(lambda: self.scores(image[None])[0].argmax(0).to(torch.uint8).numpy(),
+                               image.shape, name)
+        return self._guard(lambda: predict_labels_tiled(lambda r: self.scores(r[None])[0], image,
+                                                        self.tile_pixels), image.shape, name)
+
+    def _guard(self, fn: Callable[[], np.ndarray], shape: Sequence[int], name: str = "image") -> np.ndarray:
+        try:
+            return fn()
+        except RuntimeError as e:
+            if not _is_out_of_memory(e):
+                raise
+            h, w = shape[-2], shape[-1]
+            raise PredictionError(
+                f"{name} ({w}x{h}): out of memory on {self.device}; fix: lower --tile-pixels (now "
+                f"{self.tile_pixels:,}, e.g. {self.tile_pixels // 4:,}) or use --device cpu") from e
+
+
 def run_predict(checkpoint: str | Path | Checkpoint, inputs: Sequence[str | Path], out_dir: str | Path, *,
                 overlay: bool = True, overwrite: bool = False, flip: bool = False, window: int = 0,
                 device: str = "", workers: int = 2, engine: str = "torch", onnx_file: str | None = None,
-                precision: str = "fp32", progress: bool = True) -> dict[str, float]:
+                precision: str = "fp32", progress: bool = True, skip_bad: bool = False,
+                max_pixels: int = DEFAULT_MAX_PIXELS, tile_pixels: int = DEFAULT_TILE_PIXELS) -> dict[str, Any]:
     """Write ``<stem>.png`` (palette labels) and ``<stem>_overlay.png`` for every input image.
 
-    Returns {"images": n, "seconds": t, "images_per_s": n / t}. An existing, non-empty ``out_dir`` is
-    refused unless ``overwrite``.
+    The output folder is checked before any work (an existing, non-empty one is refused unless
+    ``overwrite``). Each file is written atomically. With ``skip_bad`` an unreadable image is logged and
+    skipped, and counted in the result. Returns ``{"images": written, "skipped": n, "seconds": t,
+    "images_per_s": written / t}``.
     """
     ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     files = collect_inputs(inputs)
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"output folder {out} exists and is not empty: pass --overwrite or choose another -o")
-    out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    scores = _scorer(ck, dev, engine, onnx_file, flip, window, precision)
-    loader = DataLoader(_Images(files), batch_size=1, num_workers=workers, collate_fn=_first)
+    out = check_output_dir(out_dir, flag="-o", overwrite=overwrite, create=True)
+    predictor = Predictor(ck, device=device, engine=engine, onnx_file=onnx_file, precision=precision, flip=flip,
+                          window=window, tile_pixels=tile_pixels)
+    loader = DataLoader(_Images(files, max_pixels, skip_bad), batch_size=1, num_workers=workers,
+                        collate_fn=_first)
     used: set[str] = set()
+    skipped: list[str] = []
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=2) as pool, Progress(len(files), "predict", "img", enabled=progress) as bar:
         pending = []
-        for image, i in tqdm(loader, total=len(files), desc="predict", unit="img", disable=not progress):
-            labels = scores(image).astype(np.uint8)
+        for image, i, problem in loader:
+            bar.update(1)
+            if image is None:
+                log.warning("skipping %s", problem)
+                skipped.append(problem)
+                continue
+            labels = predictor(image, str(files[i]))
             name, n = files[i].stem, 0
             while name in used or f"{name}_overlay" in used:  # same stem in two folders: keep both
                 n += 1
                 name = f"{files[i].stem}_{n}"
             used.update((name, f"{name}_overlay"))
             pending.append(pool.submit(_write, out, name, image.permute(1, 2, 0).numpy(), labels, ck, overlay))
+            while len(pending) > 4:  # bound the images held for writing (a folder of 24 MP photos)
+                pending.pop(0).result()
         for f in pending:
             f.result()
     dt = time.perf_counter() - t0
-    return {"images": len(files), "seconds": dt, "images_per_s": len(files) / dt}
+    if skipped:
+        log.warning("skipped %d of %d images that could not be read (--skip-bad)", len(skipped), len(files))
+    done = len(files) - len(skipped)
+    return {"images": done, "skipped": len(skipped), "seconds": dt, "images_per_s": done / dt}
 
 
-def _scorer(ck: Checkpoint, dev: torch.device, engine: str, onnx_file: str | None, flip: bool, window: int,
-            precision: str = "fp32") -> Callable[[torch.Tensor], np.ndarray]:
+def make_scorer(ck: Checkpoint, dev: torch.device, engine: str, onnx_file: str | None, flip: bool, window: int,
+            precision: str = "fp32") -> Callable[[torch.Tensor], torch.Tensor]:
+    """``scores(images)``: uint8 (N, 3, H, W) -> float32 class scores (N, K, H, W) on the CPU."""
     if engine == "onnxruntime":
         if not onnx_file:
-            raise ValueError("--engine onnxruntime needs --onnx FILE (made by `fcnseg export --format onnx`)")
+            raise ValueError("--engine onnxruntime needs --onnx FILE (made by `fcnseg export`)")
         if flip or window or precision != "fp32":
             raise ValueError("--flip, --window and --precision are for --engine torch; the ONNX file fixes its "
                              "own precision (export with --int8 for int8)")
@@ -136,18 +256,18 @@ def _scorer(ck: Checkpoint, dev: torch.device, engine: str, onnx_file: str | Non
         sess = ort.InferenceSession(onnx_file, providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
 
-        def run_ort(image: torch.Tensor) -> np.ndarray:
-            x = ck.normalization(image[None]).numpy()
-            return sess.run(None, {name: x})[0][0].argmax(0)
+        def run_ort(images: torch.Tensor) -> torch.Tensor:
+            x = ck.normalization(images).numpy()
+            return torch.from_numpy(sess.run(None, {name: x})[0])
 
         return run_ort
     if engine != "torch":
         raise ValueError(f"unknown engine {engine!r}: torch or onnxruntime")
     model = prepare_inference(ck.build_model().to(dev), precision=precision)
 
-    def run_torch(image: torch.Tensor) -> np.ndarray:
-        x = ck.normalization(image[None].to(dev))
-        return predict_logits(model, x, flip=flip, window=window)[0].argmax(0).cpu().numpy()
+    def run_torch(images: torch.Tensor) -> torch.Tensor:
+        x = ck.normalization(images.to(dev))
+        return predict_logits(model, x, flip=flip, window=window).cpu()
 
     return run_torch
 
@@ -157,7 +277,12 @@ def _first(batch: list[Any]) -> Any:
 
 
 def _write(out: Path, name: str, rgb: np.ndarray, labels: np.ndarray, ck: Checkpoint, overlay: bool) -> None:
-    # compress_level 1: a few percent larger files, several times faster to write than PIL's default 6
-    palette_image(labels, ck.palette).save(out / f"{name}.png", compress_level=1)
+    # compress_level 1: a few percent larger files, several times faster to write than PIL's default 6.
+    # Atomic (a kill never leaves a torn PNG); no fsync per file: predictions can be made again.
+    label_png = palette_image(labels, ck.palette)
+    atomic_write(out / f"{name}.png", lambda f: label_png.save(f, format="PNG", compress_level=1), flag="-o",
+                 fsync=False)
     if overlay:
-        overlay_image(rgb, labels, ck.palette, ck.classes).save(out / f"{name}_overlay.png", compress_level=1)
+        over = overlay_image(rgb, labels, ck.palette, ck.classes)
+        atomic_write(out / f"{name}_overlay.png", lambda f: over.save(f, format="PNG", compress_level=1),
+                     flag="-o", fsync=False)
