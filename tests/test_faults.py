@@ -323,3 +323,80 @@ def test_a_malicious_pickle_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="could not be read"):
         load_checkpoint(bad)
     assert not marker.exists()
+
+
+def _torchrun(args: list[str], tmp_path: Path) -> subprocess.Popen[str]:
+    port = str(31500 + (os.getpid() + hash(str(tmp_path))) % 1000)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+           "-m", "fcnseg.cli", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path),
+                            start_new_session=True)
+
+
+def _children_with_rank(parent: int, rank: int) -> list[int]:
+    """Worker processes of a torchrun agent whose environment says RANK=<rank>."""
+    found = []
+    for pid in subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split():
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env:
+            found.append(int(pid))
+    return found
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return "(zombie)" if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z" else "alive"
+    except OSError:
+        return "(zombie)"
+
+
+def test_a_stalled_rank_is_named_and_every_rank_stops(data_root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "ddp"
+    args = _train_args(data_root, run, "--device", "cpu", "--dist-timeout", "8")
+    args[args.index("--max-steps") + 1] = "500"
+    args[args.index("--val-every") + 1] = "1000"
+    proc = _torchrun(args, tmp_path)
+    stopped: list[int] = []
+    try:
+        assert _wait_for(lambda: len(_log_steps(run)) >= 2, 180, proc, poll=0.05), proc.communicate()[1][-3000:]
+        stopped = _children_with_rank(proc.pid, 1)
+        rank0 = _children_with_rank(proc.pid, 0)
+        assert stopped and rank0, "rank processes not found"
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)  # alive but silent: the fault a timeout exists for
+        # Rank 0 must give up by itself (timeout, then naming rank 1) and exit ...
+        assert _wait_for(lambda: not Path(f"/proc/{rank0[0]}").exists()
+                         or "(zombie)" in _proc_state(rank0[0]), 150, poll=0.2)
+        for pid in stopped:  # ... then the stopped rank may take torchrun's SIGTERM
+            os.kill(pid, signal.SIGCONT)
+        _, err = proc.communicate(timeout=150)
+    finally:
+        for pid in stopped:  # let torchrun's SIGTERM/SIGKILL reach it, whatever happened
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    assert "rank 0: rank 1 of 2 stopped answering" in err, err[-3000:]
+    assert "--dist-timeout" in err
+
+
+def test_a_rank_0_failure_ends_every_rank(data_root: Path, tmp_path: Path) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("in the way")
+    proc = _torchrun(_train_args(data_root, a_file / "run", "--device", "cpu"), tmp_path)
+    try:
+        _, err = proc.communicate(timeout=120)  # within seconds in practice; never the 600 s timeout
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    # Both ranks stop with rank 0's one-line message (what follows is torchrun's own failure report).
+    ours = [line for line in err.splitlines() if line.startswith("fcnseg train: error:")]
+    assert len(ours) == 2 and all("is a file, not a folder" in line for line in ours), err[-3000:]
