@@ -76,6 +76,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             p.add_argument(flag, type=typ, default=None, help=hint)
     p.add_argument("--pretrained", action="store_true", help="shortcut for --model-arg pretrained=true")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--dry-run", action="store_true", help="check the data, the flags and the output folder, build "
+                   "the model, then stop without writing anything")
 
 
 def _dataset_arg_help() -> str:
@@ -228,8 +230,10 @@ def train_config(a: argparse.Namespace) -> TrainConfig:
 def _train(a: argparse.Namespace) -> int:
     from .train import run_train
 
-    best = run_train(train_config(a), progress=not a.quiet)
-    if best.is_file():
+    best = run_train(train_config(a), progress=not a.quiet, dry_run=a.dry_run)
+    if a.dry_run:
+        print(f"dry run passed: data checked, {best.parent} can be written; nothing was written")
+    elif best.is_file():
         print(f"best checkpoint: {best}")
     return 0
 

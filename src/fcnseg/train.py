@@ -194,11 +194,18 @@ def _check_disk_space(out: Path, model: nn.Module, cfg: TrainConfig) -> None:
     params = sum(p.numel() * p.element_size() for p in model.state_dict().values())
     states = {"sgd": 1, "adamw": 2}.get(cfg.optimizer, 2)
     need = 3 * params * (1 + states)
-    existing = sum((out / n).stat().st_size for n in ("best.pt", "last.pt") if (out / n).is_file())
+    existing = sum((out / n).stat().st_size for n in ("best.pt", "last.pt") if (out / n).is_file() and
+                   out.is_dir())
     free = free_bytes(out) + existing
     if free < need:
         raise OutputError(f"--out {out}: {free / 2**20:.0f} MiB free, checkpoints need about {need / 2**20:.0f} "
                           f"MiB; fix: free disk space or choose another --out")
+
+
+def _first_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -221,11 +228,12 @@ def _metrics_line(s: int, last: int, m: Any, best: float) -> str:
             f"mean acc {100 * m.mean_acc:.2f}, f.w. IU {100 * m.fw_iu:.2f} (best mean IU {100 * best:.2f})")
 
 
-def run_train(cfg: TrainConfig, *, progress: bool = True) -> Path:
+def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False) -> Path:
     """Train as ``cfg`` says; returns the path of the best checkpoint (by validation mean IU).
 
     Before any step, deletion or output, the run folder is checked and the data validated; SIGINT/SIGTERM
-    save ``last.pt`` at the current step and raise :class:`TrainingInterrupted`.
+    save ``last.pt`` at the current step and raise :class:`TrainingInterrupted`. ``dry_run`` stops after
+    those checks and the model's construction, having written nothing.
     """
     rank, world, device = init_distributed(cfg.device, cfg.dist_timeout)
     main = is_main()
@@ -261,6 +269,11 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> Path:
                                                         else None)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
+    if dry_run:
+        on_main(lambda: _check_disk_space(_first_existing(out), model, cfg))
+        log.info("dry run: %d training and %d validation samples checked, %s can be written; nothing written",
+                 len(train_ds), len(val_ds), out)
+        return out / "best.pt"
 
     step, epoch, start, best = 0, 0, 0, -math.inf
     last_metrics: dict[str, Any] | None = None

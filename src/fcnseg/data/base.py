@@ -26,9 +26,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
-from tqdm import tqdm
 
 from ..io import DEFAULT_MAX_PIXELS, DataError, open_mask, read_header, read_image
+from ..progress import Progress
 
 __all__ = [
     "IGNORE_INDEX", "DataError", "SegmentationDataset", "Transforms", "read_image", "open_mask",
@@ -256,12 +256,11 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
         report = CheckReport(samples=len(self.samples), cached=len(self.samples) - len(todo))
         if todo:
             n_threads = workers or min(16, 4 * (os.cpu_count() or 1))
-            with ThreadPoolExecutor(max_workers=n_threads) as pool:
-                results = pool.map(lambda i: self._check_sample(i, level), todo)
-                bar = tqdm(results, total=len(todo), desc=f"checking {type(self).__name__}", unit="sample",
-                           disable=not progress, mininterval=1, dynamic_ncols=True)
-                for i, verdict in zip(todo, bar, strict=True):
+            with ThreadPoolExecutor(max_workers=n_threads) as pool, \
+                    Progress(len(todo), f"checking {type(self).__name__}", "sample", enabled=progress) as bar:
+                for i, verdict in zip(todo, pool.map(lambda i: self._check_sample(i, level), todo), strict=True):
                     verdicts[i] = verdict
+                    bar.update(1)
             if store:
                 store.save(self.samples, verdicts)  # type: ignore[arg-type]
         keep = []
