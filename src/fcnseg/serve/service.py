@@ -177,11 +177,12 @@ class Service:
     async def segment(self, data: bytes, fmt: str) -> Encoded:
         """Decode, predict (batched) and encode one image within the per-request time limit.
 
-        Raises :class:`ApiError`: 503 before warm-up or with the queue full (``Retry-After``), 422 for bytes
-        that are no readable image or exceed the pixel budget, 504 past ``timeout_s``, 500 if inference fails.
+        Raises :class:`ApiError`: 400 for no bytes, 503 before warm-up or with the queue full (``Retry-After``),
+        422 for bytes that are no readable image or exceed the pixel budget, 504 past ``timeout_s``, 500 if
+        inference fails.
         """
         if self.batcher is None:
-            raise ApiError(503, "model is warming up", {"Retry-After": "1"})
+            raise ApiError(503, self.load_error or "model is warming up", {"Retry-After": "1"})
         if not data:
             raise ApiError(400, "empty body: send the image as the body or as a multipart field named 'file'")
         try:
