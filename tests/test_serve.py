@@ -441,3 +441,26 @@ def test_sigterm_drains_requests_then_exits_0(tiny_ckpt, val_images):
             proc.kill()
     log = proc.stdout.read()
     assert "Shutting down" in log and "Finished server process" in log
+
+
+def test_onnxruntime_engine_and_bad_engine_settings(tiny_ckpt, tmp_path, val_images):
+    pytest.importorskip("onnxruntime")
+    from fcnseg.export import export_model
+
+    onnx_file = export_model(tiny_ckpt, tmp_path / "tiny.onnx")
+    image = read_image(val_images[0])[:, :96, :128]
+    ck = load_checkpoint(tiny_ckpt)
+    ort_labels = load_labeler(ck, engine="onnxruntime", onnx_file=str(onnx_file))(image[None])
+    np.testing.assert_array_equal(ort_labels, load_labeler(ck)(image[None]))
+    with serve(tiny_ckpt, engine="onnxruntime", onnx=str(onnx_file)) as client:
+        wait_ready(client)
+        r = client.post("/v1/segment", content=val_images[0].read_bytes(), headers={"content-type": "image/png"})
+        assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (480, 360)
+        assert client.get("/v1/model").json()["engine"] == "onnxruntime"
+    for kw, words in [({"engine": "onnxruntime"}, "needs --onnx"), ({"engine": "tensorrt"}, "unknown engine"),
+                      ({"engine": "onnxruntime", "onnx": str(tmp_path / "no.onnx")}, "no such file"),
+                      ({"onnx": str(onnx_file)}, "--onnx is for --engine onnxruntime")]:
+        with pytest.raises((ValueError, FileNotFoundError), match=words):
+            create_app(ServeConfig(checkpoint=str(tiny_ckpt), **kw))
+    with pytest.raises(ValueError, match="not an fcnseg checkpoint|could not be read"):
+        create_app(ServeConfig(checkpoint=str(onnx_file)))
