@@ -117,7 +117,7 @@ def predict_rate(ckpt: Path, folder: Path) -> tuple[float, str]:
         cmd = [sys.executable, "-m", "fcnseg.cli", "predict", "--checkpoint", str(ckpt), str(folder), "-o", out,
                "--quiet"]
         r = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600)
-    line = r.stdout.strip().splitlines()[-1]
+    line = r.stdout.strip().splitlines()[-1].split(" -> ")[0]  # without the temporary output folder
     return float(re.search(r"\(([\d.]+) images/s\)", line).group(1)), line
 
 
