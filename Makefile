@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 FCNSEG_DATA ?= ../shared/data
 export FCNSEG_DATA
+# The browser test drives Debian's Chromium (Playwright's own browser download is unreachable here).
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: demo test test-slow install lint zoo
 
@@ -13,7 +15,11 @@ $(BIN)/fcnseg: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-install: $(BIN)/fcnseg
+# Installed only when missing: a file target, so a second `make install` does nothing.
+$(CHROMIUM):
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+
+install: $(BIN)/fcnseg $(CHROMIUM)
 
 demo: install
 	$(BIN)/python benchmarks/demo.py

@@ -189,6 +189,69 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("models", help="list the registered models")
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    from .serve.config import ServeConfig
+
+    d = ServeConfig(checkpoint="")
+    p = sub.add_parser("serve", help="serve a checkpoint over HTTP: JSON/PNG API, metrics and a web page",
+                       description="Serve one model: POST /v1/segment, GET /v1/model, /healthz, /metrics and "
+                       "the page at /. Concurrent requests are batched (same-size images together).")
+    p.add_argument("--checkpoint", required=True, help="fcnseg checkpoint to serve")
+    p.add_argument("--engine", choices=["torch", "onnxruntime"], default=d.engine, help="inference engine")
+    p.add_argument("--onnx", help="ONNX file for --engine onnxruntime (made by `fcnseg export`)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default=d.precision,
+                   help="torch weights' precision (bf16: faster on CPUs with AVX512-BF16)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    p.add_argument("--max-batch", type=int, default=d.max_batch,
+                   help=f"most images run together in one model call (default: {d.max_batch})")
+    p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
+                   help=f"longest a batch waits for more images (default: {d.max_wait_ms:g})")
+    p.add_argument("--queue-size", type=int, default=d.queue_size,
+                   help=f"most images waiting; beyond it 503 + Retry-After (default: {d.queue_size})")
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels,
+                   help=f"largest image (width x height) accepted, else 422 (default: {d.max_pixels:,})")
+    p.add_argument("--max-bytes", type=int, default=d.max_bytes,
+                   help=f"largest request body, else 413 (default: {d.max_bytes:,})")
+    p.add_argument("--timeout", type=float, default=d.timeout_s,
+                   help=f"seconds per request, decode to response, else 504 (default: {d.timeout_s:g})")
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help="intra-op threads for inference (default: 0 = one per core)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="uvicorn worker processes, each with its own model copy and batcher (default: 1)")
+
+
+def _serve(a: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    import uvicorn
+
+    from .serve.app import create_app
+    from .serve.config import CONFIG_ENV, ServeConfig
+
+    cfg = ServeConfig(checkpoint=a.checkpoint, engine=a.engine, onnx=a.onnx, precision=a.precision,
+                      max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, queue_size=a.queue_size,
+                      max_pixels=a.max_pixels, max_bytes=a.max_bytes, timeout_s=a.timeout, threads=a.threads)
+    if a.workers < 1:
+        raise ValueError("--workers must be >= 1")
+    app = create_app(cfg)  # reads the checkpoint and checks the settings: a bad flag fails here, not in a worker
+
+    def stop(signum: int, frame: object) -> None:
+        # uvicorn handles SIGTERM itself (drains, then shuts down) and re-raises it once done; this handler
+        # turns that re-raise into a clean exit 0, and stops the process if SIGTERM comes before uvicorn starts.
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    common = dict(host=a.host, port=a.port, timeout_graceful_shutdown=int(cfg.timeout_s) + 5)
+    if a.workers == 1:
+        uvicorn.run(app, **common)
+    else:  # worker processes build their own app from the settings
+        os.environ[CONFIG_ENV] = cfg.to_json()
+        uvicorn.run("fcnseg.serve.app:app_from_env", factory=True, workers=a.workers, **common)
+    return 0
+
+
 def _key_values(items: list[str] | None, flag: str = "--model-arg") -> dict[str, Any]:
     """``["k=v", ...]`` -> ``{k: v}``, values parsed as JSON where they are (``true``, ``3``, ``[1, 2]``)."""
     model_args: dict[str, Any] = {}
@@ -309,7 +372,7 @@ def _models(a: argparse.Namespace) -> int:
 
 COMMANDS = {"train": (_add_train, _train), "eval": (_add_eval, _eval), "predict": (_add_predict, _predict),
             "export": (_add_export, _export), "convert": (_add_convert, _convert),
-            "models": (_add_models, _models)}
+            "models": (_add_models, _models), "serve": (_add_serve, _serve)}
 
 
 def build_parser() -> argparse.ArgumentParser:
