@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -43,21 +46,51 @@ def test_every_readme_command_runs_as_written(data_root: Path, tmp_path: Path) -
     env = {**os.environ, "FCNSEG_DATA": str(data_root), "FCNSEG_CACHE": str(tmp_path / ".cache"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "OMP_NUM_THREADS": "1"}
-    for cmd in readme_commands():
-        if "fcnseg.cli train" in cmd or cmd.startswith("fcnseg train"):
-            cmd += " --dry-run"
-        r = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=600)
-        assert r.returncode == 0, f"README command failed: {cmd}\n{r.stderr[-3000:]}"
-        assert "Traceback" not in r.stderr, cmd
+    server: subprocess.Popen[str] | None = None
+    try:
+        for cmd in readme_commands():
+            if cmd.startswith("fcnseg serve"):  # runs until stopped: the curl lines that follow talk to it
+                server = subprocess.Popen(["bash", "-c", f"exec {cmd}"], cwd=tmp_path, env=env, text=True,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                _wait_healthy("http://127.0.0.1:8000/healthz", server)
+                continue
+            if "fcnseg.cli train" in cmd or cmd.startswith("fcnseg train"):
+                cmd += " --dry-run"
+            if cmd.startswith("curl"):
+                cmd = cmd.replace("curl -s", "curl -sf", 1)  # an HTTP error fails the line
+            r = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True,
+                               timeout=600)
+            assert r.returncode == 0, f"README command failed: {cmd}\n{r.stderr[-3000:]}"
+            assert "Traceback" not in r.stderr, cmd
+    finally:
+        if server is not None:
+            server.send_signal(signal.SIGTERM)
+            server.communicate(timeout=60)
+    assert server is not None and server.returncode == 0  # SIGTERM drains and exits cleanly
     # What the lines promised is there.
     assert (tmp_path / "runs" / "camvid_val.json").is_file()
     assert len(list((tmp_path / "runs" / "camvid_val_predictions").glob("*_overlay.png"))) == 101
     assert (tmp_path / "runs" / "camvid_int8.onnx").is_file()
     assert not (tmp_path / "runs" / "isbi").exists()  # a dry run writes nothing
+    assert (tmp_path / "runs" / "labels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "predict", "export", "convert"])
+def _wait_healthy(url: str, server: subprocess.Popen[str], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"fcnseg serve exited: {server.communicate()[1][-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url} not ready within {timeout} s")
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "export", "convert", "serve"])
 def test_every_flag_has_help(command: str) -> None:
     r = subprocess.run([sys.executable, "-m", "fcnseg", command, "--help"], capture_output=True, text=True,
                        timeout=120)

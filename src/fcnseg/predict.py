@@ -158,18 +158,21 @@ class Predictor:
 
     def __init__(self, checkpoint: str | Path | Checkpoint, *, device: str = "", engine: str = "torch",
                  onnx_file: str | None = None, precision: str = "fp32", flip: bool = False, window: int = 0,
-                 tile_pixels: int = DEFAULT_TILE_PIXELS):
+                 tile_pixels: int = DEFAULT_TILE_PIXELS, threads: int = 0):
         self.ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.tile_pixels = tile_pixels
-        self._scores = make_scorer(self.ck, self.device, engine, onnx_file, flip, window, precision)
+        self._scores = make_scorer(self.ck, self.device, engine, onnx_file, flip, window, precision, threads)
 
     def scores(self, images: torch.Tensor) -> torch.Tensor:
         """Class scores (N, K, H, W) float32 of uint8 images (N, 3, H, W), on the CPU."""
         return self._scores(images)
 
     def labels_batch(self, images: torch.Tensor) -> np.ndarray:
-        """uint8 labels (N, H, W) of same-size uint8 images (N, 3, H, W); no tiling (the caller sizes batches)."""
+        """uint8 labels (N, H, W) of same-size uint8 images (N, 3, H, W); images over ``tile_pixels`` go one by
+        one through the tiled path, so a batch of large photos stays within memory too."""
+        if images.shape[-2] * images.shape[-1] > self.tile_pixels:
+            return np.stack([self(image) for image in images])
         return self._guard(lambda: self.scores(images).argmax(1).to(torch.uint8).numpy(), images.shape)
 
     def __call__(self, image: torch.Tensor, name: str = "image") -> np.ndarray:
@@ -241,8 +244,11 @@ def run_predict(checkpoint: str | Path | Checkpoint, inputs: Sequence[str | Path
 
 
 def make_scorer(ck: Checkpoint, dev: torch.device, engine: str, onnx_file: str | None, flip: bool, window: int,
-            precision: str = "fp32") -> Callable[[torch.Tensor], torch.Tensor]:
-    """``scores(images)``: uint8 (N, 3, H, W) -> float32 class scores (N, K, H, W) on the CPU."""
+                precision: str = "fp32", threads: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``scores(images)``: uint8 (N, 3, H, W) -> float32 class scores (N, K, H, W) on the CPU.
+
+    ``threads`` > 0 sets the intra-op threads (ONNX Runtime's session; PyTorch's, which are process-wide).
+    """
     if engine == "onnxruntime":
         if not onnx_file:
             raise ValueError("--engine onnxruntime needs --onnx FILE (made by `fcnseg export`)")
@@ -253,7 +259,10 @@ def make_scorer(ck: Checkpoint, dev: torch.device, engine: str, onnx_file: str |
             raise FileNotFoundError(f"--onnx {onnx_file}: no such file")
         import onnxruntime as ort
 
-        sess = ort.InferenceSession(onnx_file, providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        if threads > 0:
+            options.intra_op_num_threads = threads
+        sess = ort.InferenceSession(onnx_file, options, providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
 
         def run_ort(images: torch.Tensor) -> torch.Tensor:
@@ -263,6 +272,8 @@ def make_scorer(ck: Checkpoint, dev: torch.device, engine: str, onnx_file: str |
         return run_ort
     if engine != "torch":
         raise ValueError(f"unknown engine {engine!r}: torch or onnxruntime")
+    if threads > 0:
+        torch.set_num_threads(threads)
     model = prepare_inference(ck.build_model().to(dev), precision=precision)
 
     def run_torch(images: torch.Tensor) -> torch.Tensor:

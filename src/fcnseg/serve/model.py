@@ -1,10 +1,5 @@
-"""Images in, label maps out: the one inference function the service batches.
-
-A stand-in for ``fcnseg.predict.Predictor.labels_batch`` (being added on the main branch): the same steps as
-``fcnseg predict`` (the checkpoint's model through ``prepare_inference``, its normalisation,
-``predict_logits``, argmax), for a whole batch at once. When ``Predictor`` lands, :func:`load_labeler` becomes
-``Predictor(...).labels_batch``.
-"""
+"""Images in, label maps out: the one inference function the service batches,
+:meth:`fcnseg.predict.Predictor.labels_batch` (the same code path as ``fcnseg predict``)."""
 
 from __future__ import annotations
 
@@ -15,7 +10,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import Checkpoint
-from ..engine import predict_logits, prepare_inference
+from ..predict import DEFAULT_TILE_PIXELS, Predictor
 
 Labeler = Callable[[torch.Tensor], np.ndarray]
 """uint8 (N, 3, H, W) RGB images -> uint8 (N, H, W) class indices."""
@@ -40,34 +35,15 @@ def check_engine(engine: str, onnx_file: str | None, precision: str) -> None:
 
 
 def load_labeler(ck: Checkpoint, *, engine: str = "torch", onnx_file: str | None = None,
-                 precision: str = "fp32", threads: int = 0) -> Labeler:
-    """The checkpoint's model as a :data:`Labeler`, on the CPU, under PyTorch or ONNX Runtime.
+                 precision: str = "fp32", threads: int = 0, tile_pixels: int = DEFAULT_TILE_PIXELS) -> Labeler:
+    """The checkpoint's model as a :data:`Labeler`, on the CPU, under PyTorch or ONNX Runtime: the same
+    :class:`fcnseg.predict.Predictor` that ``fcnseg predict`` uses (images over ``tile_pixels`` are tiled).
 
     ``engine="onnxruntime"`` runs ``onnx_file`` (made by ``fcnseg export``: dynamic batch and size) with the
     checkpoint's normalisation; ``precision`` (fp32 or bf16) is for ``engine="torch"``. ``threads`` > 0 sets
     the intra-op threads (torch's are process-wide). Settings that cannot run raise as :func:`check_engine`.
     """
     check_engine(engine, onnx_file, precision)
-    if engine == "onnxruntime":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if threads > 0:
-            options.intra_op_num_threads = threads
-        sess = ort.InferenceSession(onnx_file, options, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-
-        def run_ort(images: torch.Tensor) -> np.ndarray:
-            logits = sess.run(None, {name: ck.normalization(images).numpy()})[0]  # (N, K, H, W)
-            return logits.argmax(1).astype(np.uint8)
-
-        return run_ort
-    if threads > 0:
-        torch.set_num_threads(threads)
-    model = prepare_inference(ck.build_model(), precision=precision)
-
-    def run_torch(images: torch.Tensor) -> np.ndarray:
-        logits = predict_logits(model, ck.normalization(images))  # (N, K, H, W) float32
-        return logits.argmax(1).to(torch.uint8).numpy()
-
-    return run_torch
+    predictor = Predictor(ck, device="cpu", engine=engine, onnx_file=onnx_file, precision=precision,
+                          tile_pixels=tile_pixels, threads=threads)
+    return predictor.labels_batch
