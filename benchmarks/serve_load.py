@@ -37,6 +37,7 @@ import torch
 from fcnseg.checkpoint import load_checkpoint
 from fcnseg.io import read_image
 from fcnseg.serve.model import load_labeler
+from fcnseg.serve.probe import wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = REPO / "benchmarks" / "camvid" / "fcn8s_efficientnet_lite0_camvid.pt"
@@ -200,16 +201,10 @@ def main() -> None:
     sampler = RssSampler(server.pid)
     phases: list[Phase] = []
     try:
-        end = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server.poll() is not None or time.monotonic() > end:
-                sys.exit(f"server did not become ready; log: {log.name}")
-            time.sleep(0.2)
+        try:
+            wait_ready(url, timeout=120, process=server)
+        except (TimeoutError, RuntimeError) as e:
+            sys.exit(f"{e}; log: {log.name}")
         sampler.start()
         asyncio.run(load(url, bodies, Phase("warm-up", 4), 3.0, a.timeout_s))  # first calls per batch size
         plan = [(f"{c} clients", c, a.duration_s) for c in a.clients]

@@ -118,7 +118,7 @@ def _assert_run_consistent(run: Path) -> None:
 def test_sigkill_at_random_moments_loses_nothing(data_root: Path, tmp_path: Path, reference_run: Path) -> None:
     rng = random.Random(1234)
     killed_inside_a_write = 0
-    trials = 4
+    trials = int(os.environ.get("FCNSEG_FAULT_TRIALS", "4"))  # RESULTS.md's reliability run uses 20
     for trial in range(trials):
         run = tmp_path / f"run{trial}"
         proc = _spawn(_train_args(data_root, run), tmp_path)
@@ -147,6 +147,8 @@ def test_sigkill_at_random_moments_loses_nothing(data_root: Path, tmp_path: Path
         _assert_same_weights(run / "last.pt", reference_run / "last.pt")
         _assert_same_weights(run / "best.pt", reference_run / "best.pt")
     assert killed_inside_a_write >= 1, "no kill landed inside a checkpoint write: the test did not test that"
+    print(f"\nSIGKILL trials: {trials}, inside a checkpoint write: {killed_inside_a_write}, all resumed to the "
+          f"uninterrupted run's weights")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -12,11 +12,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from fcnseg.serve.probe import wait_ready
 
 from conftest import REPO
 
@@ -52,7 +52,7 @@ def test_every_readme_command_runs_as_written(data_root: Path, tmp_path: Path) -
             if cmd.startswith("fcnseg serve"):  # runs until stopped: the curl lines that follow talk to it
                 server = subprocess.Popen(["bash", "-c", f"exec {cmd}"], cwd=tmp_path, env=env, text=True,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                _wait_healthy("http://127.0.0.1:8000/healthz", server)
+                wait_ready("http://127.0.0.1:8000", timeout=180, process=server)
                 continue
             if "fcnseg.cli train" in cmd or cmd.startswith("fcnseg train"):
                 cmd += " --dry-run"
@@ -74,20 +74,6 @@ def test_every_readme_command_runs_as_written(data_root: Path, tmp_path: Path) -
     assert not (tmp_path / "runs" / "isbi").exists()  # a dry run writes nothing
     assert (tmp_path / "runs" / "labels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-
-def _wait_healthy(url: str, server: subprocess.Popen[str], timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"fcnseg serve exited: {server.communicate()[1][-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"{url} not ready within {timeout} s")
 
 
 @pytest.mark.parametrize("command", ["train", "eval", "predict", "export", "convert", "serve"])

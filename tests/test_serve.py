@@ -32,6 +32,7 @@ from fcnseg.serve.app import create_app
 from fcnseg.serve.batcher import Batcher, BatcherClosed, QueueFull
 from fcnseg.serve.config import DELAY_ENV, ServeConfig
 from fcnseg.serve.model import load_labeler
+from fcnseg.serve.probe import wait_ready as wait_server_ready
 
 from conftest import TINY
 
@@ -416,16 +417,7 @@ def test_sigterm_drains_requests_then_exits_0(tiny_ckpt, val_images):
                             stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        end = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < end, "server not ready in 60 s"
-            time.sleep(0.1)
+        wait_server_ready(url, timeout=60, process=proc)
         data = val_images[0].read_bytes()
         with ThreadPoolExecutor(2) as pool:  # two requests, batches of one: one in the model, one queued
             pending = [pool.submit(httpx.post, f"{url}/v1/segment", content=data,

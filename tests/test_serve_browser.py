@@ -8,7 +8,6 @@ server error as text; segment a second image without reloading. A screenshot goe
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from fcnseg.checkpoint import load_checkpoint
 from fcnseg.predict import run_predict
 from fcnseg.serve.app import create_app
 from fcnseg.serve.config import ServeConfig
+from fcnseg.serve.probe import wait_ready
 from test_serve import CAMVID_CKPT, free_port
 
 pytestmark = pytest.mark.browser
@@ -36,17 +36,7 @@ def server_url():
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    import httpx
-
-    end = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < end, "server not ready in 60 s"
-        time.sleep(0.1)
+    wait_ready(url, timeout=60)
     yield url
     server.should_exit = True
     thread.join(30)
