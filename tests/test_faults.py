@@ -402,3 +402,24 @@ def test_a_rank_0_failure_ends_every_rank(data_root: Path, tmp_path: Path) -> No
     # Both ranks stop with rank 0's one-line message (what follows is torchrun's own failure report).
     ours = [line for line in err.splitlines() if line.startswith("fcnseg train: error:")]
     assert len(ours) == 2 and all("is a file, not a folder" in line for line in ours), err[-3000:]
+
+
+def test_a_fault_inside_a_loader_worker_is_one_line_and_skippable(data_root: Path, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    # A truncated JPEG has a good header: only decoding, inside a DataLoader worker process, finds it.
+    root = _write_isbi_like(tmp_path / "d", data_root, 4, mask_size=None, jpeg=False)
+    victim = sorted((root / "images").iterdir())[1]
+    Image.open(victim).convert("RGB").save(victim.with_suffix(".jpg"), quality=90)
+    victim.unlink()
+    data = victim.with_suffix(".jpg").read_bytes()
+    victim.with_suffix(".jpg").write_bytes(data[: len(data) // 2])
+    args = ["train", "--dataset", "folder", "--data", str(root), "--train-split", "all", "--val-split", "all",
+            "--dataset-arg", "binary=true", "--check-data", "headers", "--model", "fcn32s", "--model-arg",
+            f"width={TINY}", "--batch-size", "4", "--crop-size", "32", "--max-steps", "1", "--val-every", "1",
+            "--workers", "1", "--quiet"]
+    r = _run([*args, "--out", str(tmp_path / "a")], tmp_path)
+    assert r.returncode == 2
+    _assert_one_line(r.stderr, f"{victim.with_suffix('.jpg')}: cannot decode image", "--skip-bad")
+    r = _run([*args, "--out", str(tmp_path / "b"), "--skip-bad"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "skipped 2 samples that failed to load (--skip-bad)" in r.stderr  # once in training, once in val

@@ -80,7 +80,7 @@ class _Images(Dataset):
             return read_image(self.files[i], max_pixels=self.max_pixels), i, ""  # uint8 (3, H, W)
         except DataError as e:
             if not self.skip_bad:
-                raise
+                raise DataError(f"{e}, or pass --skip-bad to skip such images") from e
             return None, i, str(e)
 
 

@@ -20,7 +20,15 @@ from torch.utils.data import DataLoader, Dataset
 from . import data as fdata
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .distributed import ShardedSampler, any_rank, collective, init_distributed, is_main, on_main
+from .distributed import (
+    DistributedError,
+    ShardedSampler,
+    any_rank,
+    collective,
+    init_distributed,
+    is_main,
+    on_main,
+)
 from .engine import evaluate, set_train_mode, train_one_epoch
 from .models import build
 from .normalization import get_normalization
@@ -142,9 +150,9 @@ class _StopRequest:
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
-    # Loader workers leave SIGINT/SIGTERM to the main process, which saves and stops them in order.
+    # Loader workers leave Ctrl-C (sent to the whole terminal process group) to the main process, which saves
+    # and stops them in order. SIGTERM keeps its default: it is how multiprocessing ends workers at exit.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _datasets(cfg: TrainConfig) -> tuple[fdata.SegmentationDataset, fdata.SegmentationDataset]:
@@ -332,9 +340,12 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
                          "epoch": epoch, "sampler_pos": pos, "rng": _rng_state(), "best_miou": best},
         )
 
+    reached = {"step": step, "pos": start}  # the last finished step, for a stop that comes between steps
+
     def on_step(s: int, loss: float, ips: float) -> None:
         nonlocal best, last_metrics
         pos = start + (s - epoch_start_step) * cfg.batch_size
+        reached.update(step=s, pos=pos)
         if main and (s % cfg.log_every == 0 or s == cfg.max_steps):
             lr = optimizer.param_groups[0]["lr"]
             _log(out, writer, {"step": s, "loss": loss, "lr": lr, "images_per_s": ips * world})
@@ -379,6 +390,13 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
                                        loss_reduction=cfg.loss, ignore_index=ignore, amp=amp, max_steps=last,
                                        step=step, on_step=on_step, progress=bar)
                 epoch, start = epoch + 1, 0  # the loader ended (or max_steps was reached and the loop ends)
+    except RuntimeError as e:
+        if stop.signum is None or isinstance(e, DistributedError):
+            raise
+        # A SIGTERM to the whole process group also ended the loader workers: stop as asked, with the step reached.
+        if main:
+            save_checkpoint(checkpoint(reached["step"], reached["pos"]), last_path)
+        raise TrainingInterrupted(reached["step"], last_path, signal.Signals(stop.signum).name) from None
     finally:
         stop.restore()
         bar.close()

@@ -33,7 +33,7 @@ from ..progress import Progress
 __all__ = [
     "IGNORE_INDEX", "DataError", "SegmentationDataset", "Transforms", "read_image", "open_mask",
     "index_array", "read_class_table", "split_class_table", "require_dir", "read_ids", "CheckReport",
-    "RESIZE_POLICIES", "CHECK_LEVELS", "cache_dir",
+    "RESIZE_POLICIES", "CHECK_LEVELS", "cache_dir", "with_skip_hint",
 ]
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,12 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
 
         A mask of another size than its image is handled as :attr:`resize` says.
         """
+        try:
+            return self._load(i)
+        except DataError as e:
+            raise with_skip_hint(e) from e
+
+    def _load(self, i: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         image_path, mask_path = self.samples[i]
         _require_mask(image_path, mask_path)
         image = read_image(image_path, max_pixels=self.max_pixels)  # (3, H, W) uint8
@@ -230,7 +236,7 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
                 self._size_problem(image_path, mask_path, (h, w), mask_hw)
                 return "resized", ""
         except DataError as e:
-            return "bad", str(e)
+            return "bad", str(with_skip_hint(e))
         return "ok", ""
 
     def validate(self, level: str = "labels", *, skip_bad: bool = False, workers: int | None = None,
@@ -291,6 +297,11 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} samples, {self.num_classes} classes)"
+
+
+def with_skip_hint(e: DataError) -> DataError:
+    """``e`` with the ``--skip-bad`` fix appended, where the reader (which knows no command) left it out."""
+    return e if "--skip-bad" in str(e) else DataError(f"{e}, {_SKIP_FIX}")
 
 
 def _require_mask(image_path: Path, mask_path: Path) -> None:
