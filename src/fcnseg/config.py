@@ -34,7 +34,7 @@ class TrainConfig:
     val_dataset: str = ""  # family of the validation set; empty = dataset (the paper: train sbd, val voc)
     val_data_root: str = ""  # its folder; empty = data_root when the family is the same, else $FCNSEG_DATA/<family>
     dataset_args: dict[str, Any] = field(default_factory=dict)  # extra dataset kwargs (folder: binary, classes...)
-    skip_bad: bool = False  # skip unreadable or inconsistent samples (logged, counted) instead of stopping
+    skip_bad: bool = False  # skip unreadable or inconsistent samples (logged, counted; data checked in full first)
     check_data: str = "labels"  # check all data before training: headers, labels (decode masks), full, or off
     max_pixels: int = 50_000_000  # largest image read (width x height); larger files are bad samples
     workers: int = 2  # data-loading processes; decoding overlaps compute

@@ -22,6 +22,13 @@ DEFAULT_TIMEOUT_S = 600
 checkpoint save on rank 0, short enough that a stalled process is named within minutes, not hours."""
 
 
+CHECKS_TIMEOUT_S = 4 * 3600
+"""Seconds the other processes wait for rank 0's checks before work (a first validation pass over a large
+dataset with a cold cache takes long, and is not a stall)."""
+
+_GROUPS: dict[str, Any] = {}  # gloo side groups: "checks" (long timeout), "flags" (CPU flags under NCCL too)
+
+
 class DistributedError(RuntimeError):
     """A process of a multi-process run stopped answering or failed; the message names the rank."""
 
@@ -30,14 +37,18 @@ def init_distributed(device: str = "", timeout_s: float = DEFAULT_TIMEOUT_S) -> 
     """Initialise from torchrun's environment when WORLD_SIZE > 1; returns (rank, world size, device).
 
     ``timeout_s`` bounds every collective: a process that stalls (stopped, hung, killed) makes the others fail
-    after that long with a :class:`DistributedError` naming it (see :func:`collective`), instead of waiting
-    forever.
+    after that long, instead of waiting forever. On gloo (CPU) they raise a :class:`DistributedError` naming
+    it (see :func:`collective`); on NCCL, PyTorch's watchdog ends the processes after the timeout.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     use_cuda = torch.cuda.is_available() and device != "cpu"
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    if world > 1 and dist.is_initialized() and not _GROUPS:  # every rank creates them, in the same order
+        _GROUPS["checks"] = dist.new_group(backend="gloo",
+                                           timeout=datetime.timedelta(seconds=max(timeout_s, CHECKS_TIMEOUT_S)))
+        _GROUPS["flags"] = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
     if use_cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
@@ -64,7 +75,7 @@ def on_main(fn: Callable[[], T]) -> T:
         except Exception as e:  # noqa: BLE001 - re-raised on every rank below
             payload = [("error", type(e), str(e))]
     with collective("sharing rank 0's checks"):
-        dist.broadcast_object_list(payload, src=0)
+        dist.broadcast_object_list(payload, src=0, group=_GROUPS.get("checks"))
     status = payload[0]
     if status[0] == "error":
         try:
@@ -79,9 +90,9 @@ def any_rank(flag: bool) -> bool:
     """True on every rank when ``flag`` is True on any (e.g. a stop request that reached one process)."""
     if not (dist.is_available() and dist.is_initialized()):
         return flag
-    t = torch.tensor([int(flag)])
+    t = torch.tensor([int(flag)])  # on the gloo side group: a CPU tensor works under NCCL too
     with collective("agreeing to stop"):
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_GROUPS.get("flags"))
     return bool(t.item())
 
 

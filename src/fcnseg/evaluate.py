@@ -64,9 +64,13 @@ def run_eval(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
     ds = fdata.build_dataset(kind, root, split, **args)
     ds.max_pixels = max_pixels
     if check_data != "off":
-        report = on_main(lambda: ds.validate(check_data, skip_bad=skip_bad, progress=progress and is_main()))
-        if report.bad:
-            log.warning("%s: skipped %d bad samples of %d (--skip-bad)", ds, len(report.bad), report.samples)
+        def check() -> tuple[list[tuple[Path, Path]], int, int]:
+            report = ds.validate(check_data, skip_bad=skip_bad, progress=progress and is_main())
+            return ds.samples, len(report.bad), report.samples
+
+        ds.samples, n_bad, n_all = on_main(check)  # every rank shards the same, checked list
+        if n_bad and is_main():
+            log.warning("%s: skipped %d bad samples of %d (--skip-bad)", ds, n_bad, n_all)
     ds.skip_bad = skip_bad
     ds.share_skip_counter()
     if len(ds) == 0:

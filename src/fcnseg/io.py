@@ -54,6 +54,10 @@ def _pil_extensions() -> frozenset[str]:
 
 
 IMAGE_EXTENSIONS = _pil_extensions()
+
+# The pixel budget (``max_pixels``, checked from the header) decides what is too large; PIL's own warning
+# would only repeat it. Set once here: warnings.catch_warnings() is not thread-safe under parallel validation.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 """File suffixes read as images in folders: all that this Pillow opens, so no format is skipped silently."""
 
 # Orientations 5-8 turn the picture by 90 degrees: the displayed width is the stored height.
@@ -130,9 +134,7 @@ def _open(source: Source, what: str, max_pixels: int) -> Image.Image:
         Image.MAX_IMAGE_PIXELS = max_pixels  # PIL's own bomb check must not fire below the user's budget
     fp = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our budget decides, below
-            im = Image.open(fp)
+        im = Image.open(fp)
     except Image.DecompressionBombError as e:
         raise DataError(f"{name}: {what} header claims over {Image.MAX_IMAGE_PIXELS:,} pixels (a decompression "
                         f"bomb?), over the budget of {max_pixels:,}; fix: {budget_fix}") from e
@@ -144,8 +146,11 @@ def _open(source: Source, what: str, max_pixels: int) -> Image.Image:
         size = _size_note(source)
         raise DataError(f"{name}: not an {what} file Pillow can read{size}; fix: re-export it as PNG or JPEG, "
                         "or remove it") from e
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{name}: cannot read {what} ({e}); fix: re-export it as PNG or JPEG, or remove it") from e
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Pillow's plugins raise many types on malformed files
+        raise DataError(f"{name}: cannot read {what} ({type(e).__name__}: {e}); fix: re-export it as PNG or "
+                        "JPEG, or remove it") from e
     w, h = im.size
     if w * h > max_pixels:
         im.close()
@@ -169,8 +174,17 @@ def _size_note(source: Source) -> str:
 
 
 def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag (1 = upright), read without decoding pixels."""
     try:
-        return int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+        if im.format == "PNG":  # PNG's getexif() decodes the whole image when EXIF is not in the header
+            raw = im.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+        else:
+            exif = im.getexif()
+        return int(exif.get(_EXIF_ORIENTATION, 1) or 1)
     except Exception:  # noqa: BLE001 - a broken EXIF block is not a broken image: ignore the tag
         return 1
 
@@ -187,9 +201,19 @@ def read_header(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS, what: s
         if orientation in _TRANSPOSED:
             w, h = h, w
         return ImageHeader(path=_name(source), format=str(im.format), mode=im.mode, size=(w, h),
-                           frames=int(getattr(im, "n_frames", 1)), orientation=orientation)
+                           frames=_frames(im), orientation=orientation)
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - e.g. a truncated multi-page TIFF fails while counting frames
+        raise DataError(f"{_name(source)}: cannot read {what} header ({type(e).__name__}: {e}); fix: re-export "
+                        "it as PNG or JPEG, or remove it") from e
     finally:
         im.close()
+
+
+def _frames(im: Image.Image) -> int:
+    # A phone's MPO JPEG carries a preview as a second frame: it is one picture, not an animation.
+    return 1 if im.format == "MPO" else int(getattr(im, "n_frames", 1))
 
 
 def _decode(source: Source, what: str, max_pixels: int) -> Image.Image:
@@ -197,13 +221,17 @@ def _decode(source: Source, what: str, max_pixels: int) -> Image.Image:
     name = _name(source)
     im = _open(source, what, max_pixels)
     try:
-        frames = int(getattr(im, "n_frames", 1))
+        frames = _frames(im)
         if frames > 1:
             log.warning("%s: %d frames; using the first", name, frames)
             im.seek(0)
         im.load()  # PIL is lazy: truncation and corrupt data only show while decoding
         out = ImageOps.exif_transpose(im) if _orientation(im) != 1 else im.copy()
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        if what == "image":
+            out = to_rgb8(out)
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Pillow's decoders raise many types on corrupt data
         raise DataError(f"{name}: cannot decode {what} ({e}); fix: re-export it as PNG or JPEG, or remove it") \
             from e
     finally:
@@ -236,7 +264,7 @@ def to_rgb8(im: Image.Image) -> Image.Image:
 
 def open_image(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode ``source`` (a path, bytes or a binary file) into an upright 8-bit ``RGB`` PIL image."""
-    return to_rgb8(_decode(source, "image", max_pixels))
+    return _decode(source, "image", max_pixels)  # converted to 8-bit RGB inside, where errors are named
 
 
 def read_image_array(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

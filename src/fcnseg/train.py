@@ -10,6 +10,7 @@ import random
 import shutil
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -129,14 +130,20 @@ class _StopRequest:
     """Signal handler for SIGINT/SIGTERM: the first asks training to stop after the current step (with a
     checkpoint); a second one stops at once (files on disk stay whole: every write is atomic)."""
 
+    GRACE_S = 5.0
+    """Signals within this many seconds of the first are the same request: a terminal's Ctrl-C reaches both
+    torchrun and its workers, and torchrun forwards it as SIGTERM a moment later."""
+
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._first = 0.0
         self._previous: dict[int, Any] = {}
 
     def __call__(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:
+        if self.signum is None:
+            self.signum, self._first = signum, time.monotonic()
+        elif time.monotonic() - self._first > self.GRACE_S:
             raise KeyboardInterrupt
-        self.signum = signum
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -173,9 +180,12 @@ def _checks_before_work(cfg: TrainConfig, datasets: tuple[fdata.SegmentationData
     """Everything that can refuse the run, before any step, deletion or output: the run folder can be
     written, and every sample passes validation (``--check-data``; bad ones dropped with ``--skip-bad``)."""
     check_output_dir(cfg.out_dir, overwrite=cfg.overwrite, allow_existing=bool(cfg.resume))
-    if cfg.check_data != "off":
+    level = cfg.check_data
+    if cfg.skip_bad and level in ("headers", "labels"):
+        level = "full"  # skip every bad sample now: one failing in the loop would leave a batch empty
+    if level != "off":
         for ds in datasets:
-            report = ds.validate(cfg.check_data, skip_bad=cfg.skip_bad, progress=progress)
+            report = ds.validate(level, skip_bad=cfg.skip_bad, progress=progress)
             if report.bad:
                 log.warning("%s: skipped %d bad samples of %d (--skip-bad)", ds, len(report.bad), report.samples)
     for ds in datasets:
@@ -291,6 +301,12 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
             raise ValueError(f"--resume {cfg.resume}: holds no training state (optimiser, step); fix: start a new "
                              f"run with --init-from {cfg.resume}")
         saved = ck.config or {}
+        for key, now in (("world_size", world), ("train_samples", len(train_ds))):
+            was = ck.train_state.get(key, now)
+            if was != now:
+                raise ValueError(f"--resume {cfg.resume}: the run had {key.replace('_', ' ')} {was}, now {now}: the "
+                                 f"sampler position would point at other samples; fix: resume with the same "
+                                 f"processes and data (and --skip-bad setting), or start anew with --init-from")
         for key in ("model", "batch_size", "dataset", "train_split", "seed"):
             if key in saved and saved[key] != getattr(cfg, key):
                 raise ValueError(f"--resume {cfg.resume}: trained with {key}={saved[key]!r}, not "
@@ -337,7 +353,8 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
             palette=list(palette), normalization=norm, ignore_index=ignore, config=cfg.to_dict(),
             metrics=last_metrics,
             train_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": s,
-                         "epoch": epoch, "sampler_pos": pos, "rng": _rng_state(), "best_miou": best},
+                         "epoch": epoch, "sampler_pos": pos, "rng": _rng_state(), "best_miou": best,
+                         "world_size": world, "train_samples": len(train_ds)},
         )
 
     reached = {"step": step, "pos": start}  # the last finished step, for a stop that comes between steps
@@ -390,6 +407,7 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
                                        loss_reduction=cfg.loss, ignore_index=ignore, amp=amp, max_steps=last,
                                        step=step, on_step=on_step, progress=bar)
                 epoch, start = epoch + 1, 0  # the loader ended (or max_steps was reached and the loop ends)
+                reached["pos"] = 0  # nothing of the new epoch is consumed yet
     except RuntimeError as e:
         if stop.signum is None or isinstance(e, DistributedError):
             raise
@@ -404,7 +422,8 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
             writer.close()
     skipped = train_ds.skipped + (val_ds.skipped if isinstance(val_ds, fdata.SegmentationDataset) else 0)
     if skipped and main:
-        log.warning("skipped %d samples that failed to load (--skip-bad)", skipped)
+        log.warning("skipped %d sample loads that failed (--skip-bad; counted on this process, every epoch)",
+                    skipped)
     return best_path
 
 

@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
+from .. import __version__
 from ..io import DEFAULT_MAX_PIXELS, DataError, open_mask, read_header, read_image
 from ..progress import Progress
 
@@ -221,10 +223,10 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
         image_path, mask_path = self.samples[i]
         try:
             _require_mask(image_path, mask_path)
+            header = read_header(image_path, max_pixels=self.max_pixels)
+            w, h = header.size
             if level == "full":
-                w, h = read_image(image_path, max_pixels=self.max_pixels).shape[:0:-1]
-            else:
-                w, h = read_header(image_path, max_pixels=self.max_pixels).size
+                read_image(image_path, max_pixels=self.max_pixels)  # decodes: truncation, corrupt data
             if level in ("labels", "full"):
                 lab = self.load_mask(mask_path)
                 self._check_labels(lab, mask_path)
@@ -233,6 +235,12 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
                 size = self.mask_size(mask_path)
                 mask_hw = None if size is None else (size[1], size[0])
             if mask_hw is not None and tuple(mask_hw) != (h, w):
+                if header.orientation in (5, 6, 7, 8) and tuple(mask_hw) == (w, h):
+                    raise DataError(
+                        f"{image_path}: EXIF orientation {header.orientation} turns the photo to {w}x{h} (WxH), "
+                        f"but its mask {mask_path} matches the stored, unturned pixels; fix: save the photo "
+                        f"without the EXIF orientation or turn the mask to match (resizing would misplace "
+                        f"labels), {_SKIP_FIX}")
                 self._size_problem(image_path, mask_path, (h, w), mask_hw)
                 return "resized", ""
         except DataError as e:
@@ -330,7 +338,8 @@ class _VerdictCache:
     """
 
     def __init__(self, ds: SegmentationDataset, level: str):
-        key = json.dumps({**ds._fingerprint(), "level": level}, sort_keys=True, default=str)
+        versions = {"fcnseg": __version__, "pillow": PIL.__version__}  # a fixed reader re-checks old verdicts
+        key = json.dumps({**ds._fingerprint(), "level": level, **versions}, sort_keys=True, default=str)
         self.path = cache_dir() / "validate" / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.json"
         try:
             self.table: dict[str, list[str]] = json.loads(self.path.read_text())
