@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -54,11 +55,12 @@ def _pil_extensions() -> frozenset[str]:
 
 
 IMAGE_EXTENSIONS = _pil_extensions()
-
-# The pixel budget (``max_pixels``, checked from the header) decides what is too large; PIL's own warning
-# would only repeat it. Set once here: warnings.catch_warnings() is not thread-safe under parallel validation.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 """File suffixes read as images in folders: all that this Pillow opens, so no format is skipped silently."""
+
+# The pixel budget (``max_pixels``, checked from the header) decides what is too large; PIL's warning for
+# images between its own limits would only repeat it. Set once, for this one warning category:
+# warnings.catch_warnings() is not thread-safe under the parallel validation pass.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 # Orientations 5-8 turn the picture by 90 degrees: the displayed width is the stored height.
 _TRANSPOSED = {5, 6, 7, 8}
@@ -136,8 +138,10 @@ def _open(source: Source, what: str, max_pixels: int) -> Image.Image:
     try:
         im = Image.open(fp)
     except Image.DecompressionBombError as e:
-        raise DataError(f"{name}: {what} header claims over {Image.MAX_IMAGE_PIXELS:,} pixels (a decompression "
-                        f"bomb?), over the budget of {max_pixels:,}; fix: {budget_fix}") from e
+        claimed = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(claimed.group(1)):,} pixels" if claimed else f"over {2 * Image.MAX_IMAGE_PIXELS:,} pixels"
+        raise DataError(f"{name}: {what} header claims {size} (a decompression bomb?), over the budget of "
+                        f"{max_pixels:,}; fix: {budget_fix}") from e
     except FileNotFoundError as e:
         raise DataError(f"{name}: {what} file not found; fix: check the path") from e
     except IsADirectoryError as e:
