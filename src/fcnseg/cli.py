@@ -216,7 +216,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=d.timeout_s,
                    help=f"seconds per request, decode to response, else 504 (default: {d.timeout_s:g})")
     p.add_argument("--threads", type=int, default=d.threads,
-                   help="intra-op threads for inference (default: 0 = one per core)")
+                   help="intra-op threads for inference (default: 0 = all cores but one, which decodes and "
+                   "encodes images and answers HTTP)")
     p.add_argument("--workers", type=int, default=1,
                    help="uvicorn worker processes, each with its own model copy and batcher (default: 1)")
 

@@ -32,7 +32,7 @@ class ServeConfig:
     max_pixels: int = 8_000_000  # an 8 MP photo passes; logits take 4 bytes x classes per pixel
     max_bytes: int = 25 * 2**20  # request body limit: a large PNG fits, a flood does not
     timeout_s: float = 30.0  # per request, decode to encode; past it 504
-    threads: int = 0  # torch / ONNX Runtime intra-op threads; 0 = the library's default (one per core)
+    threads: int = 0  # torch / ONNX Runtime intra-op threads; 0 = all cores but one (left for HTTP and PNGs)
     test_delay_ms: float = field(default_factory=_test_delay_ms)  # see DELAY_ENV
 
     def to_json(self) -> str:
