@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -99,3 +101,17 @@ def test_export_format_follows_the_suffix(tmp_path):
     assert torch.jit.load(str(tmp_path / "m.pt"))(torch.zeros(1, 3, 20, 30)).shape == (1, 3, 20, 30)
     assert main(["export", str(path), "-o", str(tmp_path / "x.onnx"), "--format", "torchscript"]) == 2
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_int8_export_of_a_trained_model_does_not_flood_the_log(tmp_path, data_root, caplog):
+    # On a trained model ONNX Runtime's quantiser logs ~80 INFO lines ("Increased scale ... for weight") on the
+    # root logger; the user sees the one line that names the file written.
+    pytest.importorskip("onnxruntime")
+    from conftest import REPO
+
+    ck = REPO / "benchmarks" / "camvid" / "fcn8s_efficientnet_lite0_camvid.pt"
+    image = sorted((data_root / "camvid" / "train").glob("*.png"))[0]
+    with caplog.at_level(logging.INFO):
+        assert main(["export", str(ck), "-o", str(tmp_path / "q.onnx"), "--int8", str(image)]) == 0
+    flood = [r for r in caplog.records if r.levelno == logging.INFO and "scale" in r.getMessage()]
+    assert not flood, caplog.text[-2000:]

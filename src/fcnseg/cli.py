@@ -220,6 +220,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    "encodes images and answers HTTP)")
     p.add_argument("--workers", type=int, default=1,
                    help="uvicorn worker processes, each with its own model copy and batcher (default: 1)")
+    p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1 for --engine torch (default: cuda if "
+                   "available, else cpu)")
 
 
 def _serve(a: argparse.Namespace) -> int:
@@ -233,7 +235,8 @@ def _serve(a: argparse.Namespace) -> int:
 
     cfg = ServeConfig(checkpoint=a.checkpoint, engine=a.engine, onnx=a.onnx, precision=a.precision,
                       max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, queue_size=a.queue_size,
-                      max_pixels=a.max_pixels, max_bytes=a.max_bytes, timeout_s=a.timeout, threads=a.threads)
+                      max_pixels=a.max_pixels, max_bytes=a.max_bytes, timeout_s=a.timeout, threads=a.threads,
+                      device=a.device)
     if a.workers < 1:
         raise ValueError("--workers must be >= 1")
     app = create_app(cfg)  # reads the checkpoint and checks the settings: a bad flag fails here, not in a worker

@@ -94,7 +94,7 @@ def run_eval(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
         with Progress(len(loader), "eval", "img", enabled=progress and is_main()) as bar:
             for images, masks in loader:
                 if images.shape[0]:
-                    cm.update(scores(images).argmax(1), masks)
+                    cm.update(scores(images).argmax(1).cpu(), masks)
                 bar.update(1)
         cm.reduce()
     m = cm.compute()

@@ -165,7 +165,7 @@ class Predictor:
         self._scores = make_scorer(self.ck, self.device, engine, onnx_file, flip, window, precision, threads)
 
     def scores(self, images: torch.Tensor) -> torch.Tensor:
-        """Class scores (N, K, H, W) float32 of uint8 images (N, 3, H, W), on the CPU."""
+        """Class scores (N, K, H, W) float32 of uint8 images (N, 3, H, W), on the model's device."""
         return self._scores(images)
 
     def labels_batch(self, images: torch.Tensor) -> np.ndarray:
@@ -173,12 +173,12 @@ class Predictor:
         one through the tiled path, so a batch of large photos stays within memory too."""
         if images.shape[-2] * images.shape[-1] > self.tile_pixels:
             return np.stack([self(image) for image in images])
-        return self._guard(lambda: self.scores(images).argmax(1).to(torch.uint8).numpy(), images.shape)
+        return self._guard(lambda: self.scores(images).argmax(1).to(torch.uint8).cpu().numpy(), images.shape)
 
     def __call__(self, image: torch.Tensor, name: str = "image") -> np.ndarray:
         _, h, w = image.shape
         if h * w <= self.tile_pixels:
-            return self._guard(lambda: self.scores(image[None])[0].argmax(0).to(torch.uint8).numpy(),
+            return self._guard(lambda: self.scores(image[None])[0].argmax(0).to(torch.uint8).cpu().numpy(),
                                image.shape, name)
         return self._guard(lambda: predict_labels_tiled(lambda r: self.scores(r[None])[0], image,
                                                         self.tile_pixels), image.shape, name)
@@ -245,7 +245,7 @@ def run_predict(checkpoint: str | Path | Checkpoint, inputs: Sequence[str | Path
 
 def make_scorer(ck: Checkpoint, dev: torch.device, engine: str, onnx_file: str | None, flip: bool, window: int,
                 precision: str = "fp32", threads: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``scores(images)``: uint8 (N, 3, H, W) -> float32 class scores (N, K, H, W) on the CPU.
+    """``scores(images)``: uint8 (N, 3, H, W) -> float32 class scores (N, K, H, W) (on the model's device).
 
     ``threads`` > 0 sets the intra-op threads (ONNX Runtime's session; PyTorch's, which are process-wide).
     """
@@ -278,7 +278,7 @@ def make_scorer(ck: Checkpoint, dev: torch.device, engine: str, onnx_file: str |
 
     def run_torch(images: torch.Tensor) -> torch.Tensor:
         x = ck.normalization(images.to(dev))
-        return predict_logits(model, x, flip=flip, window=window).cpu()
+        return predict_logits(model, x, flip=flip, window=window)  # on the device: argmax there, copy labels
 
     return run_torch
 

@@ -32,6 +32,7 @@ class ServeConfig:
     max_pixels: int = 8_000_000  # an 8 MP photo passes; logits take 4 bytes x classes per pixel
     max_bytes: int = 25 * 2**20  # request body limit: a large PNG fits, a flood does not
     timeout_s: float = 30.0  # per request, decode to encode; past it 504
+    device: str = ""  # cpu, cuda, cuda:1 for engine=torch; empty = cuda if available, else cpu
     threads: int = 0  # torch / ONNX Runtime intra-op threads; 0 = all cores but one (left for HTTP and PNGs)
     test_delay_ms: float = field(default_factory=_test_delay_ms)  # see DELAY_ENV
 

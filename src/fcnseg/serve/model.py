@@ -35,15 +35,17 @@ def check_engine(engine: str, onnx_file: str | None, precision: str) -> None:
 
 
 def load_labeler(ck: Checkpoint, *, engine: str = "torch", onnx_file: str | None = None,
-                 precision: str = "fp32", threads: int = 0, tile_pixels: int = DEFAULT_TILE_PIXELS) -> Labeler:
+                 precision: str = "fp32", threads: int = 0, tile_pixels: int = DEFAULT_TILE_PIXELS,
+                 device: str = "cpu") -> Labeler:
     """The checkpoint's model as a :data:`Labeler`, on the CPU, under PyTorch or ONNX Runtime: the same
     :class:`fcnseg.predict.Predictor` that ``fcnseg predict`` uses (images over ``tile_pixels`` are tiled).
 
     ``engine="onnxruntime"`` runs ``onnx_file`` (made by ``fcnseg export``: dynamic batch and size) with the
     checkpoint's normalisation; ``precision`` (fp32 or bf16) is for ``engine="torch"``. ``threads`` > 0 sets
-    the intra-op threads (torch's are process-wide). Settings that cannot run raise as :func:`check_engine`.
+    the intra-op threads (torch's are process-wide); ``device`` ("" = cuda if available) is for
+    ``engine="torch"`` (labels come back on the CPU either way). Settings that cannot run raise as :func:`check_engine`.
     """
     check_engine(engine, onnx_file, precision)
-    predictor = Predictor(ck, device="cpu", engine=engine, onnx_file=onnx_file, precision=precision,
+    predictor = Predictor(ck, device=device, engine=engine, onnx_file=onnx_file, precision=precision,
                           tile_pixels=tile_pixels, threads=threads)
     return predictor.labels_batch

@@ -147,7 +147,7 @@ class Service:
         cfg = self.cfg
         try:
             labeler = load_labeler(self.ck, engine=cfg.engine, onnx_file=cfg.onnx, precision=cfg.precision,
-                                   threads=cfg.threads or inference_threads())
+                                   threads=cfg.threads or inference_threads(), device=cfg.device)
             if cfg.test_delay_ms > 0:
                 labeler = _delayed(labeler, cfg.test_delay_ms / 1000)
             t0 = time.perf_counter()
