@@ -416,6 +416,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         return fail("interrupted", 130)
+    except MemoryError:
+        if args.debug:
+            raise
+        return fail("error: out of memory; fix: lower --tile-pixels or --max-pixels (predict, eval, serve), "
+                    "--batch-size or --crop-size (train), or free memory", 1)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError, NotADirectoryError, PermissionError) as e:
         if args.debug:
             raise

@@ -186,8 +186,8 @@ class Predictor:
     def _guard(self, fn: Callable[[], np.ndarray], shape: Sequence[int], name: str = "image") -> np.ndarray:
         try:
             return fn()
-        except RuntimeError as e:
-            if not _is_out_of_memory(e):
+        except (RuntimeError, MemoryError) as e:
+            if not (isinstance(e, MemoryError) or _is_out_of_memory(e)):
                 raise
             h, w = shape[-2], shape[-1]
             raise PredictionError(

@@ -3,7 +3,7 @@
 ``build_dataset(kind, root, split)`` with ``kind`` in :data:`DATASETS`: ``"voc"`` (PASCAL VOC, including the
 paper's ``seg11valid``), ``"sbd"`` (SBD, including the paper's training set ``train_noval``),
 ``"camvid"`` (SegNet's CamVid) and ``"folder"`` (``images/`` + ``masks/``). Bad files raise
-:class:`DataError`, whose message names the file and the fix; ``dataset.check(skip_bad=True)`` drops them.
+:class:`DataError`, whose message names the file and the fix; ``dataset.validate(skip_bad=True)`` drops them.
 """
 
 from __future__ import annotations
