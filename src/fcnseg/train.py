@@ -220,12 +220,6 @@ def _check_disk_space(out: Path, model: nn.Module, cfg: TrainConfig) -> None:
                           f"MiB; fix: free disk space or choose another --out")
 
 
-def _first_existing(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
 def _truncate_log(path: Path, step: int) -> None:
     """Keep the log records of steps up to ``step``: a resumed run logs the later steps again, once."""
     if not path.is_file():
@@ -288,7 +282,7 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
     if dry_run:
-        on_main(lambda: _check_disk_space(_first_existing(out), model, cfg))
+        on_main(lambda: _check_disk_space(out, model, cfg))  # free_bytes looks up the first existing parent
         log.info("dry run: %d training and %d validation samples checked, %s can be written; nothing written",
                  len(train_ds), len(val_ds), out)
         return out / "best.pt"
