@@ -17,6 +17,7 @@ from typing import Any
 
 from .config import TrainConfig
 from .io import DEFAULT_MAX_PIXELS
+from .precision import PRECISIONS
 from .predict import DEFAULT_TILE_PIXELS
 
 # Train flags are generated from TrainConfig, so the dataclass stays the one source of defaults.
@@ -47,6 +48,10 @@ def _parse_value(v: str) -> Any:
         return v
 
 
+_CHOICES = {"check_data": ["headers", "labels", "full", "off"], "precision": list(PRECISIONS),
+            "cache": ["auto", "on", "off"]}
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model", description="Train an FCN. Flags override --config "
                        "(YAML/JSON), which overrides the --recipe preset, which overrides the defaults.")
@@ -67,8 +72,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--dataset-arg", dest="dataset_args", action="append", metavar="KEY=VALUE",
                            help="extra dataset argument KEY=VALUE (repeatable), e.g. --dataset-arg binary=true; "
                            "keys per dataset: " + _dataset_arg_help())
-        elif f.name == "check_data":
-            p.add_argument(flag, choices=["headers", "labels", "full", "off"], default=None, help=hint)
+        elif f.name in _CHOICES:
+            p.add_argument(flag, choices=_CHOICES[f.name], default=None, help=hint)
         elif f.type in ("bool", bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=hint)
         else:
@@ -113,6 +118,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help="torch: the checkpoint's weights; onnxruntime: the exported --onnx file (e.g. int8)")
     p.add_argument("--onnx", help="ONNX file for --engine onnxruntime (made by `fcnseg export`)")
     p.add_argument("--flip", action="store_true", help="average with the mirrored prediction (torch engine)")
+    _add_precision(p)
     p.add_argument("--window", type=int, default=0, help="sliding-window side in pixels (0 = whole images)")
     p.add_argument("--device", default="", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes")
@@ -124,6 +130,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    f"height; default {DEFAULT_MAX_PIXELS:,})")
     p.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images (0 = all)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto (default): bf16 where the "
+                   "device computes it natively (AVX512-BF16/AMX CPUs, bf16 GPUs), else fp32; bf16 elsewhere is "
+                   "emulated and much slower (a warning says so)")
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -149,8 +161,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=["torch", "onnxruntime"], default="torch",
                    help="torch: the checkpoint's weights; onnxruntime: the exported --onnx file")
     p.add_argument("--onnx", help="ONNX file for --engine onnxruntime")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: faster on CPUs with "
-                   "AVX512-BF16 and on GPUs")
+    _add_precision(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -199,8 +210,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="fcnseg checkpoint to serve")
     p.add_argument("--engine", choices=["torch", "onnxruntime"], default=d.engine, help="inference engine")
     p.add_argument("--onnx", help="ONNX file for --engine onnxruntime (made by `fcnseg export`)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default=d.precision,
-                   help="torch weights' precision (bf16: faster on CPUs with AVX512-BF16)")
+    _add_precision(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
     p.add_argument("--max-batch", type=int, default=d.max_batch,
@@ -311,7 +321,7 @@ def _eval(a: argparse.Namespace) -> int:
     run_eval(a.checkpoint, dataset=a.dataset, data_root=a.data_root, split=a.split, out=a.out,
              overwrite=a.overwrite, flip=a.flip, window=a.window, device=a.device, workers=a.workers,
              skip_bad=a.skip_bad, max_images=a.max_images, progress=not a.quiet, engine=a.engine, onnx_file=a.onnx,
-             max_pixels=a.max_pixels, check_data=a.check_data,
+             max_pixels=a.max_pixels, check_data=a.check_data, precision=a.precision,
              dataset_args=_key_values(a.dataset_args, "--dataset-arg"))
     return 0
 

@@ -37,7 +37,8 @@ class TrainConfig:
     skip_bad: bool = False  # skip unreadable or inconsistent samples (logged, counted; data checked in full first)
     check_data: str = "labels"  # check all data before training: headers, labels (decode masks), full, or off
     max_pixels: int = 50_000_000  # largest image read (width x height); larger files are bad samples
-    workers: int = 2  # data-loading processes; decoding overlaps compute
+    workers: int = 2  # data-loading processes, kept for the whole run; augmentation overlaps compute
+    cache: str = "auto"  # keep decoded training images in memory: auto (if they fit), on, off
     # --- model ---
     model: str = "fcn8s"  # registry name (fcnseg.models.list_models())
     model_args: dict[str, Any] = field(default_factory=dict)  # extra factory kwargs (width, pretrained...)
@@ -59,8 +60,8 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up steps
     max_steps: int = 2000  # optimisation steps in all
     stop_at: int = 0  # stop (with a checkpoint) at this step, keeping max_steps' schedule; resume later; 0 = off
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU unless amp_cpu)
-    amp_cpu: bool = False  # bf16 autocast on CPU (AVX512-BF16 machines)
+    precision: str = "auto"  # autocast: auto = bf16 where native (bf16 GPU, AVX512-BF16/AMX CPU), else fp32; fp32; bf16
+    channels_last: bool = True  # NHWC activations: oneDNN's fast layout (1.5x per CPU step, benchmarks/RESULTS.md)
     # --- augmentation ---
     crop_size: int = 320  # random crop side; 0 = whole images (batches padded with the ignore label)
     scale_min: float = 0.5  # random scale range
@@ -107,7 +108,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "paper": dict(
         batch_size=1, loss="sum", optimizer="sgd", momentum=0.99, weight_decay=5e-4, bias_lr_mult=2.0,
         bias_decay=False, schedule="constant", warmup_steps=0, crop_size=0, scale_min=1.0, scale_max=1.0,
-        hflip=False, color_jitter=0.0, amp=False, normalization="caffe",
+        hflip=False, color_jitter=0.0, precision="fp32", normalization="caffe",
     ),
     "modern": dict(
         batch_size=8, loss="mean", optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4, bias_lr_mult=1.0,
@@ -136,6 +137,7 @@ def make_config(recipe: str | None = None, file: str | None = None, **overrides:
             else:
                 values[k] = v
     values["recipe"] = recipe
+    _translate_legacy(values)
     names = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -145,6 +147,17 @@ def make_config(recipe: str | None = None, file: str | None = None, **overrides:
         cfg.lr = paper_lr(cfg.model)  # the reference's rate for the summed loss of this net's stage
     _validate(cfg)
     return cfg
+
+
+def _translate_legacy(values: dict[str, Any]) -> None:
+    """Config files written before ``precision`` existed: ``amp_cpu: true`` asked for bf16 on the CPU,
+    ``amp: false`` for fp32 everywhere; otherwise ``auto`` (what ``amp: true`` meant on GPUs) applies."""
+    amp, amp_cpu = values.pop("amp", None), values.pop("amp_cpu", None)
+    if "precision" not in values or values["precision"] == "auto":
+        if amp_cpu:
+            values["precision"] = "bf16"
+        elif amp is False:
+            values["precision"] = "fp32"
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -176,6 +189,8 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.workers >= 0, "workers must be 0 or more"),
         (cfg.check_data in ("headers", "labels", "full", "off"),
          f"check_data must be headers, labels, full or off, not {cfg.check_data!r}"),
+        (cfg.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, not {cfg.precision!r}"),
+        (cfg.cache in ("auto", "on", "off"), f"cache must be auto, on or off, not {cfg.cache!r}"),
         (cfg.max_pixels >= 1, "max_pixels must be at least 1"),
         (cfg.dist_timeout >= 1, "dist_timeout must be at least 1 second"),
         (cfg.crop_size >= 0, "crop_size must be 0 (whole images) or a side in pixels"),

@@ -48,12 +48,14 @@ def train_one_epoch(
     step: int,
     on_step: Callable[[int, float, float], None] | None = None,
     progress: bool | Progress = True,
+    channels_last: bool = False,
 ) -> int:
     """Train until the loader ends or ``step`` reaches ``max_steps``; returns the new step count.
 
     ``on_step(step, loss, images_per_s)`` runs after every optimiser step (logging, validation, checkpoints).
     ``progress`` is a run-wide :class:`~fcnseg.progress.Progress` counting steps, or a bool for a bar over
     this loader alone. A batch left empty by skipped bad samples is passed over without a step.
+    ``channels_last`` feeds the images in NHWC layout (the model should be converted likewise).
     """
     set_train_mode(model)
     own_bar = not isinstance(progress, Progress)
@@ -68,7 +70,10 @@ def train_one_epoch(
             break
         if images.shape[0] == 0:
             continue
-        x = norm(images.to(device, non_blocking=True))
+        x = images.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = norm(x)
         y = masks.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model(x)  # (N, K, H, W)

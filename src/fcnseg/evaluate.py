@@ -19,6 +19,7 @@ from .engine import evaluate
 from .io import DEFAULT_MAX_PIXELS
 from .metrics import ConfusionMatrix, SegMetrics
 from .outputs import atomic_write, check_output_file
+from .precision import resolve_precision
 from .predict import make_scorer
 from .progress import Progress
 
@@ -42,7 +43,7 @@ def format_metrics(m: SegMetrics, classes: list[str]) -> str:
 
 def run_eval(checkpoint: str | Path, *, dataset: str | None = None, data_root: str | None = None,
              split: str | None = None, out: str | Path | None = None, overwrite: bool = False, flip: bool = False,
-             window: int = 0, device: str = "", workers: int = 2, skip_bad: bool = False, amp: bool = False,
+             window: int = 0, device: str = "", workers: int = 2, skip_bad: bool = False, precision: str = "auto",
              max_images: int = 0, progress: bool = True, engine: str = "torch", onnx_file: str | None = None,
              max_pixels: int = DEFAULT_MAX_PIXELS, check_data: str = "headers",
              dataset_args: dict[str, Any] | None = None) -> SegMetrics:
@@ -52,7 +53,9 @@ def run_eval(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
     ``out`` is checked before any work; the data is validated (``check_data``) before the first image, bad
     samples dropped and counted with ``skip_bad``. ``engine="onnxruntime"`` scores an exported ONNX file
     (``onnx_file``, e.g. an int8 export) instead of the checkpoint's weights, which still give the classes.
-    Under ``torchrun`` the split is sharded over processes and their confusion matrices summed.
+    ``precision`` ``auto`` computes in bf16 (autocast) only where the device does so natively
+    (:func:`fcnseg.precision.resolve_precision`). Under ``torchrun`` the split is sharded over processes and
+    their confusion matrices summed.
     """
     ck = load_checkpoint(checkpoint)
     cfg: dict[str, Any] = ck.config or {}
@@ -86,10 +89,11 @@ def run_eval(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
     if engine == "torch":
         model = ck.build_model().to(dev)
         cm = evaluate(model, loader, num_classes=len(ck.classes), norm=ck.normalization, device=dev,
-                      ignore_index=ck.ignore_index, flip=flip, window=window, amp=amp,
+                      ignore_index=ck.ignore_index, flip=flip, window=window,
+                      amp=resolve_precision(precision, dev) == "bf16",
                       progress=progress and is_main())
     else:
-        scores = make_scorer(ck, dev, engine, onnx_file, flip, window)
+        scores = make_scorer(ck, dev, engine, onnx_file, flip, window, precision)
         cm = ConfusionMatrix(len(ck.classes), ck.ignore_index)
         with Progress(len(loader), "eval", "img", enabled=progress and is_main()) as bar:
             for images, masks in loader:

@@ -25,6 +25,7 @@ from .checkpoint import Checkpoint, load_checkpoint
 from .engine import predict_logits, prepare_inference
 from .io import DEFAULT_MAX_PIXELS, DataError, is_image_file, read_image
 from .outputs import atomic_write, check_output_dir
+from .precision import resolve_precision
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ class Predictor:
     """
 
     def __init__(self, checkpoint: str | Path | Checkpoint, *, device: str = "", engine: str = "torch",
-                 onnx_file: str | None = None, precision: str = "fp32", flip: bool = False, window: int = 0,
+                 onnx_file: str | None = None, precision: str = "auto", flip: bool = False, window: int = 0,
                  tile_pixels: int = DEFAULT_TILE_PIXELS, threads: int = 0):
         self.ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -198,7 +199,7 @@ class Predictor:
 def run_predict(checkpoint: str | Path | Checkpoint, inputs: Sequence[str | Path], out_dir: str | Path, *,
                 overlay: bool = True, overwrite: bool = False, flip: bool = False, window: int = 0,
                 device: str = "", workers: int = 2, engine: str = "torch", onnx_file: str | None = None,
-                precision: str = "fp32", progress: bool = True, skip_bad: bool = False,
+                precision: str = "auto", progress: bool = True, skip_bad: bool = False,
                 max_pixels: int = DEFAULT_MAX_PIXELS, tile_pixels: int = DEFAULT_TILE_PIXELS) -> dict[str, Any]:
     """Write ``<stem>.png`` (palette labels) and ``<stem>_overlay.png`` for every input image.
 
@@ -244,7 +245,7 @@ def run_predict(checkpoint: str | Path | Checkpoint, inputs: Sequence[str | Path
 
 
 def make_scorer(ck: Checkpoint, dev: torch.device, engine: str, onnx_file: str | None, flip: bool, window: int,
-                precision: str = "fp32", threads: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
+                precision: str = "auto", threads: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
     """``scores(images)``: uint8 (N, 3, H, W) -> float32 class scores (N, K, H, W) (on the model's device).
 
     ``threads`` > 0 sets the intra-op threads (ONNX Runtime's session; PyTorch's, which are process-wide).
@@ -252,7 +253,7 @@ def make_scorer(ck: Checkpoint, dev: torch.device, engine: str, onnx_file: str |
     if engine == "onnxruntime":
         if not onnx_file:
             raise ValueError("--engine onnxruntime needs --onnx FILE (made by `fcnseg export`)")
-        if flip or window or precision != "fp32":
+        if flip or window or precision not in ("auto", "fp32"):
             raise ValueError("--flip, --window and --precision are for --engine torch; the ONNX file fixes its "
                              "own precision (export with --int8 for int8)")
         if not Path(onnx_file).is_file():
@@ -274,7 +275,7 @@ def make_scorer(ck: Checkpoint, dev: torch.device, engine: str, onnx_file: str |
         raise ValueError(f"unknown engine {engine!r}: torch or onnxruntime")
     if threads > 0:
         torch.set_num_threads(threads)
-    model = prepare_inference(ck.build_model().to(dev), precision=precision)
+    model = prepare_inference(ck.build_model().to(dev), precision=resolve_precision(precision, dev))
 
     def run_torch(images: torch.Tensor) -> torch.Tensor:
         x = ck.normalization(images.to(dev))

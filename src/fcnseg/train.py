@@ -11,12 +11,13 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import data as fdata
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -34,32 +35,52 @@ from .engine import evaluate, set_train_mode, train_one_epoch
 from .models import build
 from .normalization import get_normalization
 from .outputs import OutputError, atomic_write, check_output_dir, free_bytes, remove_stale_temp_files
+from .precision import resolve_precision
 from .progress import Progress
 
 log = logging.getLogger("fcnseg.train")
 
 
 class SeededTransforms(Dataset):
-    """Applies random transforms with a generator seeded by (seed, epoch, index).
+    """Applies random transforms with a generator seeded by (seed, epoch, index); indexed by ``(i, epoch)``.
 
     Augmentation then depends on nothing but the sample and the epoch: a resumed run, any number of loader
-    workers and any number of processes see exactly the same crops and flips.
+    workers and any number of processes see exactly the same crops and flips. The epoch travels with the
+    index (:class:`EpochSampler`) because persistent loader workers keep their own copy of this object.
     """
 
     def __init__(self, dataset: Dataset, transforms: Any, seed: int):
-        self.dataset, self.transforms, self.seed, self.epoch = dataset, transforms, seed, 0
+        self.dataset, self.transforms, self.seed = dataset, transforms, seed
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        i, epoch = key
         sample = self.dataset[i]
         if sample is None or self.transforms is None:  # None: a bad sample skipped (skip_bad)
             return sample
         image, mask = sample
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
+            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + i)
             return self.transforms(image, mask)
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """``(index, epoch)`` keys for :class:`SeededTransforms` from a :class:`ShardedSampler`'s indices."""
+
+    def __init__(self, sampler: ShardedSampler):
+        self.sampler, self.epoch = sampler, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.sampler.set_epoch(epoch, start)
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((i, self.epoch) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 def default_normalization(model: str, model_args: dict[str, Any] | None = None) -> str:
@@ -275,6 +296,8 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
     if cfg.freeze_encoder:
         model.encoder.requires_grad_(False)  # type: ignore[union-attr]
     model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     ddp_model: nn.Module = model
     if world > 1:
         ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
@@ -328,12 +351,20 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
     crop = cfg.crop_size or None
     tf = fdata.train_transforms(crop, scale_range=(cfg.scale_min, cfg.scale_max), hflip=cfg.hflip,
                                 color_jitter=cfg.color_jitter, ignore_index=ignore)
-    samples = SeededTransforms(train_ds, tf, cfg.seed)
-    sampler = ShardedSampler(len(samples), shuffle=True, seed=cfg.seed, pad=True)
+    samples = SeededTransforms(_maybe_cached(train_ds, cfg.cache, progress and main), tf, cfg.seed)
+    sampler = EpochSampler(ShardedSampler(len(samples), shuffle=True, seed=cfg.seed, pad=True))
+    # One loader for the whole run: its workers start once, not every epoch (persistent_workers).
+    loader = DataLoader(samples, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                        collate_fn=functools.partial(fdata.pad_collate, ignore_index=ignore),
+                        pin_memory=device.type == "cuda", drop_last=False, persistent_workers=cfg.workers > 0,
+                        worker_init_fn=_ignore_stop_signals,
+                        # Its own generator: a loader iterator draws a seed, which must not come from the global
+                        # RNG (dropout's), or a resumed run would diverge from the straight one.
+                        generator=torch.Generator().manual_seed(cfg.seed))
     val_loader = DataLoader(val_ds, batch_size=1, sampler=ShardedSampler(len(val_ds), shuffle=False, pad=False),
-                            num_workers=cfg.workers, collate_fn=fdata.pad_collate,
-                            worker_init_fn=_ignore_stop_signals)
-    amp = cfg.amp if device.type == "cuda" else cfg.amp_cpu
+                            num_workers=cfg.workers, collate_fn=fdata.pad_collate, persistent_workers=cfg.workers > 0,
+                            worker_init_fn=_ignore_stop_signals, generator=torch.Generator().manual_seed(cfg.seed))
+    amp = resolve_precision(cfg.precision, device) == "bf16"
     writer = _tensorboard(out) if main else None
     epoch_start_step = step
     best_path, last_path = out / "best.pt", out / "last.pt"
@@ -359,7 +390,8 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
         reached.update(step=s, pos=pos)
         if main and (s % cfg.log_every == 0 or s == cfg.max_steps):
             lr = optimizer.param_groups[0]["lr"]
-            _log(out, writer, {"step": s, "loss": loss, "lr": lr, "images_per_s": ips * world})
+            _log(out, writer, {"step": s, "loss": loss, "lr": lr, "images_per_s": ips * world,
+                               "wall_s": round(time.monotonic() - t_start, 3)})
         if s % cfg.val_every == 0 or s in (cfg.max_steps, cfg.stop_at):
             with collective(f"validating at step {s}"):
                 cm = evaluate(model, val_loader, num_classes=len(classes), norm=norm, device=device,
@@ -386,20 +418,15 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
             raise TrainingInterrupted(s, last_path, name)
 
     stop.install()
+    t_start = time.monotonic()  # wall_s in log.jsonl: seconds since this run (or resume) began stepping
     try:
         with collective("training"):
             while step < last:
                 sampler.set_epoch(epoch, start)
-                samples.epoch = epoch
-                loader = DataLoader(samples, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                                    collate_fn=functools.partial(fdata.pad_collate, ignore_index=ignore),
-                                    generator=torch.Generator().manual_seed(cfg.seed + epoch),
-                                    pin_memory=device.type == "cuda", drop_last=False,
-                                    worker_init_fn=_ignore_stop_signals)
                 epoch_start_step = step
                 step = train_one_epoch(ddp_model, loader, optimizer, scheduler, norm=norm, device=device,
                                        loss_reduction=cfg.loss, ignore_index=ignore, amp=amp, max_steps=last,
-                                       step=step, on_step=on_step, progress=bar)
+                                       step=step, on_step=on_step, progress=bar, channels_last=cfg.channels_last)
                 epoch, start = epoch + 1, 0  # the loader ended (or max_steps was reached and the loop ends)
                 reached["pos"] = 0  # nothing of the new epoch is consumed yet
     except RuntimeError as e:
@@ -419,6 +446,19 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
         log.warning("skipped %d sample loads that failed (--skip-bad; counted on this process, every epoch)",
                     skipped)
     return best_path
+
+
+def _maybe_cached(ds: fdata.SegmentationDataset, mode: str, progress: bool) -> Dataset:
+    """``ds`` decoded into memory (:class:`~fcnseg.data.cache.DecodedCache`) when ``--cache`` says so."""
+    from .data.cache import DecodedCache, cache_decision
+
+    use, why = cache_decision(ds, mode)
+    if not use:
+        log.info("not caching decoded images (%s)", why)
+        return ds
+    cached = DecodedCache(ds, progress=progress)
+    log.info("cached %d decoded samples in memory, %.0f MiB (%s)", len(cached), cached.nbytes / 2**20, why)
+    return cached
 
 
 def _tensorboard(out: Path) -> Any:

@@ -25,7 +25,7 @@ class ServeConfig:
     checkpoint: str  # the fcnseg checkpoint served: model, classes, palette and normalisation come from it
     engine: str = "torch"  # torch or onnxruntime (then `onnx` names the file made by `fcnseg export`)
     onnx: str | None = None  # ONNX file for engine=onnxruntime
-    precision: str = "fp32"  # fp32, or bf16 for engine=torch (faster on CPUs with AVX512-BF16)
+    precision: str = "auto"  # auto (bf16 where native: AVX512-BF16/AMX CPU, bf16 GPU; else fp32), fp32, bf16
     max_batch: int = 4  # on CPU the per-image cost hardly falls beyond a few images; a GPU wants more
     max_wait_ms: float = 5.0  # a lone request waits at most this long for company: small against ~30 ms inference
     queue_size: int = 64  # images waiting; beyond, 503 + Retry-After (a full queue is seconds of work on CPU)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import Checkpoint
+from ..precision import PRECISIONS
 from ..predict import DEFAULT_TILE_PIXELS, Predictor
 
 Labeler = Callable[[torch.Tensor], np.ndarray]
@@ -20,22 +21,22 @@ def check_engine(engine: str, onnx_file: str | None, precision: str) -> None:
     """Raise ``ValueError`` / ``FileNotFoundError`` (one line) for an engine setting that cannot run."""
     if engine not in ("torch", "onnxruntime"):
         raise ValueError(f"unknown engine {engine!r}: torch or onnxruntime")
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if engine == "torch":
         if onnx_file:
             raise ValueError("--onnx is for --engine onnxruntime")
         return
     if not onnx_file:
         raise ValueError("--engine onnxruntime needs --onnx FILE (made by `fcnseg export --format onnx`)")
-    if precision != "fp32":
+    if precision not in ("auto", "fp32"):
         raise ValueError("--precision is for --engine torch; the ONNX file fixes its own precision")
     if not Path(onnx_file).is_file():
         raise FileNotFoundError(f"--onnx {onnx_file}: no such file")
 
 
 def load_labeler(ck: Checkpoint, *, engine: str = "torch", onnx_file: str | None = None,
-                 precision: str = "fp32", threads: int = 0, tile_pixels: int = DEFAULT_TILE_PIXELS,
+                 precision: str = "auto", threads: int = 0, tile_pixels: int = DEFAULT_TILE_PIXELS,
                  device: str = "cpu") -> Labeler:
     """The checkpoint's model as a :data:`Labeler`, on the CPU, under PyTorch or ONNX Runtime: the same
     :class:`fcnseg.predict.Predictor` that ``fcnseg predict`` uses (images over ``tile_pixels`` are tiled).
