@@ -49,7 +49,7 @@ def _parse_value(v: str) -> Any:
 
 
 _CHOICES = {"check_data": ["headers", "labels", "full", "off"], "precision": list(PRECISIONS),
-            "cache": ["auto", "on", "off"]}
+            "cache": ["auto", "on", "off"], "class_weights": ["none", "median_freq"]}
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

@@ -58,6 +58,8 @@ class TrainConfig:
     schedule: str = "poly"  # constant (paper) or poly
     poly_power: float = 0.9  # exponent of polynomial decay
     warmup_steps: int = 0  # linear warm-up steps
+    class_weights: str = "none"  # none, or median_freq: rare classes weigh more (SegNet's CamVid balancing)
+    ema_decay: float = 0.0  # exponential moving average of the weights, validated and saved; 0 = off (try 0.999)
     max_steps: int = 2000  # optimisation steps in all
     stop_at: int = 0  # stop (with a checkpoint) at this step, keeping max_steps' schedule; resume later; 0 = off
     precision: str = "auto"  # autocast: auto = bf16 where native (bf16 GPU, AVX512-BF16/AMX CPU), else fp32; fp32; bf16
@@ -190,6 +192,9 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.check_data in ("headers", "labels", "full", "off"),
          f"check_data must be headers, labels, full or off, not {cfg.check_data!r}"),
         (cfg.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, not {cfg.precision!r}"),
+        (cfg.class_weights in ("none", "median_freq"),
+         f"class_weights must be none or median_freq, not {cfg.class_weights!r}"),
+        (0 <= cfg.ema_decay < 1, "ema_decay must lie in [0, 1): 0 is off, 0.999 a common choice"),
         (cfg.cache in ("auto", "on", "off"), f"cache must be auto, on or off, not {cfg.cache!r}"),
         (cfg.max_pixels >= 1, "max_pixels must be at least 1"),
         (cfg.dist_timeout >= 1, "dist_timeout must be at least 1 second"),

@@ -49,13 +49,15 @@ def train_one_epoch(
     on_step: Callable[[int, float, float], None] | None = None,
     progress: bool | Progress = True,
     channels_last: bool = False,
+    class_weights: Tensor | None = None,
 ) -> int:
     """Train until the loader ends or ``step`` reaches ``max_steps``; returns the new step count.
 
     ``on_step(step, loss, images_per_s)`` runs after every optimiser step (logging, validation, checkpoints).
     ``progress`` is a run-wide :class:`~fcnseg.progress.Progress` counting steps, or a bool for a bar over
     this loader alone. A batch left empty by skipped bad samples is passed over without a step.
-    ``channels_last`` feeds the images in NHWC layout (the model should be converted likewise).
+    ``channels_last`` feeds the images in NHWC layout (the model should be converted likewise);
+    ``class_weights`` (K,) weighs each pixel's loss by its class (:func:`~fcnseg.losses.median_frequency_weights`).
     """
     set_train_mode(model)
     own_bar = not isinstance(progress, Progress)
@@ -77,7 +79,8 @@ def train_one_epoch(
         y = masks.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model(x)  # (N, K, H, W)
-        loss = segmentation_loss(logits, y, ignore_index=ignore_index, reduction=loss_reduction)  # type: ignore[arg-type]
+        loss = segmentation_loss(logits, y, ignore_index=ignore_index, reduction=loss_reduction,  # type: ignore[arg-type]
+                                 weight=class_weights)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss is {loss.item()} at step {step}: lower the learning rate")
         optimizer.zero_grad(set_to_none=True)

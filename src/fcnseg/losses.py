@@ -2,22 +2,54 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
+import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 
 def segmentation_loss(logits: Tensor, target: Tensor, *, ignore_index: int = 255,
-                      reduction: Literal["sum", "mean"] = "mean") -> Tensor:
+                      reduction: Literal["sum", "mean"] = "mean", weight: Tensor | None = None) -> Tensor:
     """Cross-entropy over pixels; ``logits`` (N, K, H, W), ``target`` (N, H, W) int64.
 
     ``sum`` is the reference's loss (Caffe ``SoftmaxWithLoss`` with ``normalize: false``) that its learning
     rates of 1e-10..1e-14 assume; ``mean`` averages over the pixels that are not ignored, which needs a
     learning rate about (pixels per image) times larger. A batch whose pixels are all ignored gives 0.
+    ``weight`` (K,) scales each pixel's loss by its true class's weight (class balancing); ``mean`` still
+    divides by the number of valid pixels, so the weights' scale sets the effective learning rate.
     """
-    loss = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
+    loss = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=ignore_index, reduction="sum")
     if reduction == "sum":
         return loss
     valid = (target != ignore_index).sum().clamp_min(1)
     return loss / valid
+
+
+def class_frequencies(masks: Iterable[Tensor], num_classes: int, ignore_index: int = 255) -> tuple[Tensor, Tensor]:
+    """Per class: pixels labelled with it, and pixels of the images that contain it (float64, (K,) each).
+
+    The two sums median-frequency balancing needs (Eigen & Fergus 2015, as SegNet weights CamVid).
+    """
+    pixels = torch.zeros(num_classes, dtype=torch.float64)
+    image_pixels = torch.zeros(num_classes, dtype=torch.float64)
+    for mask in masks:
+        m = mask.as_subclass(Tensor).reshape(-1).long()
+        m = m[m != ignore_index]
+        counts = torch.bincount(m, minlength=num_classes)[:num_classes].double()
+        pixels += counts
+        image_pixels += (counts > 0).double() * m.numel()
+    return pixels, image_pixels
+
+
+def median_frequency_weights(pixels: Tensor, image_pixels: Tensor) -> Tensor:
+    """Median frequency balancing: ``w_c = median(f) / f_c``, ``f_c`` = pixels of class c over the pixels of
+    the images where c appears. Rare classes weigh more (SegNet's CamVid weights: pole 4.6, road 0.14). A class
+    absent from the data gets weight 1. Returns float32 (K,)."""
+    present = image_pixels > 0
+    freq = torch.where(present, pixels / image_pixels.clamp_min(1), torch.zeros_like(pixels))
+    # quantile(0.5), not median(): with an even count it is the mean of the middle two (numpy's median)
+    median = freq[present].quantile(0.5) if present.any() else torch.tensor(1.0, dtype=torch.float64)
+    weights = torch.where(present & (freq > 0), median / freq.clamp_min(1e-12), torch.ones_like(freq))
+    return weights.float()

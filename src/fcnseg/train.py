@@ -304,6 +304,7 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
                                                         else None)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
+    ema = make_ema(model, cfg.ema_decay) if cfg.ema_decay else None
     if dry_run:
         on_main(lambda: _check_disk_space(out, model, cfg))  # free_bytes looks up the first existing parent
         log.info("dry run: %d training and %d validation samples checked, %s can be written; nothing written",
@@ -329,7 +330,11 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
                 raise ValueError(f"--resume {cfg.resume}: trained with {key}={saved[key]!r}, not "
                                  f"{getattr(cfg, key)!r}; fix: resume with the same --{key.replace('_', '-')} "
                                  f"(or start a new run with --init-from)")
-        model.load_state_dict(ck.state_dict)
+        model.load_state_dict(ck.train_state.get("raw_model", ck.state_dict))
+        if ema is not None:
+            if "ema" not in ck.train_state:
+                raise ValueError(f"--resume {cfg.resume}: the run had no --ema-decay; fix: resume without it")
+            ema.load_state_dict(ck.train_state["ema"])
         optimizer.load_state_dict(ck.train_state["optimizer"])
         scheduler.load_state_dict(ck.train_state["scheduler"])
         step, epoch, start = ck.train_state["step"], ck.train_state["epoch"], ck.train_state["sampler_pos"]
@@ -365,6 +370,9 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
                             num_workers=cfg.workers, collate_fn=fdata.pad_collate, persistent_workers=cfg.workers > 0,
                             worker_init_fn=_ignore_stop_signals, generator=torch.Generator().manual_seed(cfg.seed))
     amp = resolve_precision(cfg.precision, device) == "bf16"
+    weights = _class_weights(train_ds, cfg.class_weights, progress and main)
+    if weights is not None:
+        weights = weights.to(device)
     writer = _tensorboard(out) if main else None
     epoch_start_step = step
     best_path, last_path = out / "best.pt", out / "last.pt"
@@ -372,14 +380,18 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
     bar = Progress(last, "train", "step", enabled=progress and main, initial=step)
     stop = _StopRequest()
 
+    evaluated: nn.Module = model if ema is None else ema.module  # validated and saved as the model
+
     def checkpoint(s: int, pos: int) -> Checkpoint:
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": s,
+                 "epoch": epoch, "sampler_pos": pos, "rng": _rng_state(), "best_miou": best,
+                 "world_size": world, "train_samples": len(train_ds)}
+        if ema is not None:  # the file's weights are the average; the raw ones resume training
+            state.update(raw_model=model.state_dict(), ema=ema.state_dict())
         return Checkpoint(
-            model_name=cfg.model, model_args=model_args, state_dict=model.state_dict(), classes=list(classes),
+            model_name=cfg.model, model_args=model_args, state_dict=evaluated.state_dict(), classes=list(classes),
             palette=list(palette), normalization=norm, ignore_index=ignore, config=cfg.to_dict(),
-            metrics=last_metrics,
-            train_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": s,
-                         "epoch": epoch, "sampler_pos": pos, "rng": _rng_state(), "best_miou": best,
-                         "world_size": world, "train_samples": len(train_ds)},
+            metrics=last_metrics, train_state=state,
         )
 
     reached = {"step": step, "pos": start}  # the last finished step, for a stop that comes between steps
@@ -388,13 +400,15 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
         nonlocal best, last_metrics
         pos = start + (s - epoch_start_step) * cfg.batch_size
         reached.update(step=s, pos=pos)
+        if ema is not None:
+            ema.update_parameters(model)
         if main and (s % cfg.log_every == 0 or s == cfg.max_steps):
             lr = optimizer.param_groups[0]["lr"]
             _log(out, writer, {"step": s, "loss": loss, "lr": lr, "images_per_s": ips * world,
                                "wall_s": round(time.monotonic() - t_start, 3)})
         if s % cfg.val_every == 0 or s in (cfg.max_steps, cfg.stop_at):
             with collective(f"validating at step {s}"):
-                cm = evaluate(model, val_loader, num_classes=len(classes), norm=norm, device=device,
+                cm = evaluate(evaluated, val_loader, num_classes=len(classes), norm=norm, device=device,
                               ignore_index=ignore, amp=amp, progress=False)
             m = cm.compute()
             set_train_mode(model)
@@ -426,7 +440,8 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
                 epoch_start_step = step
                 step = train_one_epoch(ddp_model, loader, optimizer, scheduler, norm=norm, device=device,
                                        loss_reduction=cfg.loss, ignore_index=ignore, amp=amp, max_steps=last,
-                                       step=step, on_step=on_step, progress=bar, channels_last=cfg.channels_last)
+                                       step=step, on_step=on_step, progress=bar, channels_last=cfg.channels_last,
+                                       class_weights=weights)
                 epoch, start = epoch + 1, 0  # the loader ended (or max_steps was reached and the loop ends)
                 reached["pos"] = 0  # nothing of the new epoch is consumed yet
     except RuntimeError as e:
@@ -446,6 +461,37 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
         log.warning("skipped %d sample loads that failed (--skip-bad; counted on this process, every epoch)",
                     skipped)
     return best_path
+
+
+def make_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """Exponential moving average of ``model``'s weights and batch-norm statistics.
+
+    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so that a short run's
+    average is not dominated by the initial weights.
+    """
+    def average(avg: torch.Tensor, new: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        d = min(decay, (1 + int(n)) / (10 + int(n)))
+        return avg * d + new * (1 - d)
+
+    return torch.optim.swa_utils.AveragedModel(model, avg_fn=average, use_buffers=True)
+
+
+def _class_weights(ds: fdata.SegmentationDataset, mode: str, progress: bool) -> torch.Tensor | None:
+    """Median-frequency class weights over the training masks (``--class-weights median_freq``), or None."""
+    if mode == "none":
+        return None
+    from .losses import class_frequencies, median_frequency_weights
+
+    def masks() -> Iterator[torch.Tensor]:
+        with Progress(len(ds), "class weights", "mask", enabled=progress) as bar:
+            for _, mask_path in ds.samples:
+                yield torch.from_numpy(ds.load_mask(mask_path))
+                bar.update(1)
+
+    weights = median_frequency_weights(*class_frequencies(masks(), ds.num_classes, ds.ignore_index))
+    log.info("class weights (median frequency): %s",
+             ", ".join(f"{c} {w:.3f}" for c, w in zip(ds.classes, weights.tolist(), strict=True)))
+    return weights
 
 
 def _maybe_cached(ds: fdata.SegmentationDataset, mode: str, progress: bool) -> Dataset:

@@ -1,0 +1,198 @@
+"""Training throughput: ``fcnseg train`` with its default flags against a plain PyTorch loop, in one run.
+
+Both train the same model (EfficientNet-Lite0 FCN-8s, ImageNet encoder) on the same data (CamVid train,
+random scale 0.5-2, 352-pixel crops, flips), batch 8, SGD, from the same seed, for ``--steps`` steps:
+
+* **plain**: the ten-line loop a user would write: the dataset with its transforms, a fresh ``DataLoader``
+  each epoch (2 workers, shuffled), NCHW fp32, forward, cross-entropy, backward, step.
+* **fcnseg**: ``fcnseg.train.run_train`` with the defaults of ``fcnseg train`` (only the model, crop, step
+  count and a one-image validation set are given): channels-last, one persistent loader, decoded-image
+  cache, ``--precision auto``.
+* ``--variants``: fcnseg with one default reverted at a time (NCHW, no cache, 0/1 workers), shorter.
+
+Images/s are measured between step ``--warmup`` and the last step (the rest of the wall time: data checks,
+caching, worker start, compilation, the final checkpoint, is reported as ``startup_s``), and expressed as a share of the machine's fp32 convolution
+throughput measured in the same run (FLOPs of one training step: 3x the forward FLOPs counted by ``FlopCounterMode``). The loss
+of each of the first ``--steps`` steps is recorded for both: the curves must agree within noise (they see
+the same images in a different order). Every configuration runs in its own process, in turn.
+
+    python benchmarks/train_speed.py                  # ~6 minutes on a 2-core CPU
+    python benchmarks/train_speed.py --variants       # + the ablation rows (~6 more)
+    python benchmarks/train_speed.py --device cuda    # on a GPU (bf16 where native, via --precision auto)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from speed import conv_ceiling  # noqa: E402
+
+from fcnseg import data as fdata  # noqa: E402
+from fcnseg.precision import machine_summary, resolve_precision  # noqa: E402
+
+MODEL = "fcn8s_efficientnet_lite0"
+VARIANTS = {
+    "fcnseg": {},
+    "fcnseg, NCHW": {"channels_last": False},
+    "fcnseg, no cache": {"cache": "off"},
+    "fcnseg, 1 worker": {"workers": 1},
+    "fcnseg, 0 workers": {"workers": 0},
+}
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("FCNSEG_DATA", "../shared/data")) / "camvid"
+
+
+def plain_loop(a: argparse.Namespace) -> dict:
+    """The reference point: what a user writes without fcnseg (NCHW fp32, a new DataLoader every epoch)."""
+    from fcnseg.models import build
+    from fcnseg.normalization import get_normalization
+
+    torch.manual_seed(a.seed)
+    device = torch.device(a.device)
+    tf = fdata.train_transforms(a.crop, scale_range=(0.5, 2.0), hflip=True)
+    ds = fdata.build_dataset("camvid", data_root(), "train", transforms=tf)
+    model = build(MODEL, num_classes=ds.num_classes, pretrained=True).to(device).train()
+    norm = get_normalization("imagenet")
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 - s / 2000) ** 0.9)  # fcnseg's default poly
+    losses, stamps, t0, step = [], [], time.perf_counter(), 0
+    while step < a.steps:
+        loader = torch.utils.data.DataLoader(ds, batch_size=a.batch, shuffle=True, num_workers=2,
+                                             collate_fn=fdata.pad_collate)
+        for images, masks in loader:
+            x, y = norm(images.to(device)), masks.to(device)
+            loss = torch.nn.functional.cross_entropy(model(x), y, ignore_index=255)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            stamps.append(time.perf_counter() - t0)
+            step += 1
+            if step == a.steps:
+                break
+    return {"losses": losses, "stamps": stamps}
+
+
+def fcnseg_run(a: argparse.Namespace, overrides: dict) -> dict:
+    """``run_train`` with fcnseg's defaults; per-step loss and wall time from its log.jsonl."""
+    from fcnseg.config import make_config
+    from fcnseg.train import run_train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = make_config("modern", dataset="camvid", data_root=str(data_root()), model=MODEL,
+                          model_args={"pretrained": True}, crop_size=a.crop, batch_size=a.batch, max_steps=a.steps,
+                          val_every=10**6, log_every=1, max_val_images=1, out_dir=tmp, seed=a.seed,
+                          device=a.device, **overrides)
+        t0 = time.perf_counter()
+        run_train(cfg, progress=False)
+        records = [json.loads(line) for line in (Path(tmp) / "log.jsonl").read_text().splitlines()]
+        total = time.perf_counter() - t0
+    steps = [r for r in records if "loss" in r]
+    return {"losses": [r["loss"] for r in steps], "stamps": [r["wall_s"] for r in steps], "total_s": total}
+
+
+def summarise(r: dict, a: argparse.Namespace, step_flops: float, ceiling: float) -> dict:
+    s, w = r["stamps"], a.warmup
+    ips = a.batch * (len(s) - w) / (s[-1] - s[w - 1])
+    total = r.get("total_s", s[-1])  # fcnseg's includes data checks, caching and the final checkpoint
+    return {"images_per_s": ips, "share_of_conv_peak": ips * step_flops / a.batch / 1e9 / ceiling,
+            "startup_s": total - len(s) * a.batch / ips, "losses": r["losses"]}
+
+
+def training_step_flops(a: argparse.Namespace) -> float:
+    """FLOPs of one training step: 3x the counted forward FLOPs (the backward pass costs about twice the
+    forward; FlopCounterMode's own backward count treats depthwise convolutions as dense, 40x too high)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fcnseg.models import build
+
+    model = build(MODEL, num_classes=11).eval()
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(torch.randn(a.batch, 3, a.crop, a.crop))
+    return 3.0 * fc.get_total_flops()
+
+
+def child(a: argparse.Namespace) -> None:
+    torch.set_num_threads(torch.get_num_threads())
+    r = plain_loop(a) if a.child == "plain" else fcnseg_run(a, VARIANTS[a.child])
+    print("RESULT " + json.dumps(r))
+
+
+def run_child(name: str, a: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--child", name, "--steps", str(a.steps if name in ("plain", "fcnseg") else
+                                                                    a.variant_steps),
+           "--batch", str(a.batch), "--crop", str(a.crop), "--seed", str(a.seed), "--device", a.device]
+    print(f"== {name}", flush=True)
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    if out.returncode or not lines:
+        sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
+    return json.loads(lines[-1][7:])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=50, help="steps per main run (loss curves: all of them)")
+    p.add_argument("--variant-steps", type=int, default=25, help="steps per --variants run")
+    p.add_argument("--warmup", type=int, default=5, help="steps excluded from images/s")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, default=352)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--variants", action="store_true", help="also fcnseg with each default reverted")
+    p.add_argument("--repeat", type=int, default=1, help="alternate plain/fcnseg this many times")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        return child(a)
+
+    device = torch.device(a.device)
+    machine = machine_summary() if device.type == "cpu" else torch.cuda.get_device_name(device)
+    print(f"machine: {machine}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"precision auto -> {resolve_precision('auto', device)}", flush=True)
+    ceiling = conv_ceiling(device, torch.float32, reps=10)
+    step_flops = training_step_flops(a)
+    print(f"fp32 conv ceiling {ceiling:.0f} GFLOP/s; one training step {step_flops / 1e9:.0f} GFLOP "
+          f"({step_flops / a.batch / 1e9:.1f} per image)", flush=True)
+    rows: dict[str, list[dict]] = {}
+    for _ in range(a.repeat):
+        for name in ("plain", "fcnseg"):
+            rows.setdefault(name, []).append(summarise(run_child(name, a), a, step_flops, ceiling))
+    if a.variants:
+        for name in list(VARIANTS)[1:]:
+            rows[name] = [summarise(run_child(name, a), a, step_flops, ceiling)]
+    plain = statistics.median(r["images_per_s"] for r in rows["plain"])
+
+    print(f"\n| run | images/s | vs plain | share of fp32 conv peak | start-up s |\n|---|---|---|---|---|")
+    for name, rs in rows.items():
+        ips = statistics.median(r["images_per_s"] for r in rs)
+        print(f"| {name} | {ips:.2f} | {ips / plain:.2f}x | {100 * statistics.median(r['share_of_conv_peak'] for r in rs):.0f}% "
+              f"| {statistics.median(r['startup_s'] for r in rs):.1f} |")
+    lp, lf = rows["plain"][0]["losses"], rows["fcnseg"][0]["losses"]
+    print("\nloss, mean over steps | plain | fcnseg |\n|---|---|---|")
+    for lo in range(0, min(len(lp), len(lf)), 10):
+        print(f"| {lo + 1}-{lo + 10} | {statistics.mean(lp[lo:lo + 10]):.3f} | {statistics.mean(lf[lo:lo + 10]):.3f} |")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"machine": machine, "date": datetime.date.today().isoformat(),
+                                            "ceiling_gflops": ceiling, "step_flops": step_flops, "rows": rows},
+                                           indent=1))
+
+
+if __name__ == "__main__":
+    main()
