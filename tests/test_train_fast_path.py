@@ -151,3 +151,20 @@ def test_ema_and_class_weights_resume_exactly(data_root, tmp_path):
         run_train(tiny_cfg(data_root, tmp_path / "c", stop_at=2), progress=False)
         run_train(tiny_cfg(data_root, tmp_path / "c", resume=str(tmp_path / "c" / "last.pt"), **opts),
                   progress=False)
+
+
+def test_multiscale_test_time_augmentation():
+    from fcnseg.engine import predict_logits
+
+    conv = torch.nn.Conv2d(3, 2, 1)
+    ramp = torch.linspace(0, 1, 40).expand(1, 3, 30, 40).contiguous()  # linear along x: bilinear keeps it
+    plain = predict_logits(conv, ramp)
+    assert torch.equal(predict_logits(conv, ramp, scales=(1.0,)), plain)
+    multi = predict_logits(conv, ramp, scales=(0.5, 1.0, 2.0))
+    assert multi.shape == plain.shape
+    torch.testing.assert_close(multi[..., 2:-2], plain[..., 2:-2], atol=1e-5, rtol=0)  # borders aside
+    from fcnseg.cli import main
+
+    with pytest.raises(SystemExit) as exit_:  # argparse: one usage line, exit 2, before any work
+        main(["eval", "--checkpoint", "x.pt", "--scales", "0,1"])
+    assert exit_.value.code == 2

@@ -118,6 +118,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help="torch: the checkpoint's weights; onnxruntime: the exported --onnx file (e.g. int8)")
     p.add_argument("--onnx", help="ONNX file for --engine onnxruntime (made by `fcnseg export`)")
     p.add_argument("--flip", action="store_true", help="average with the mirrored prediction (torch engine)")
+    p.add_argument("--scales", type=_scales, default=(1.0,), metavar="S,S,...", help="multi-scale test-time "
+                   "augmentation: average the predictions at these resize factors, e.g. 0.75,1,1.25 (torch engine)")
     _add_precision(p)
     p.add_argument("--window", type=int, default=0, help="sliding-window side in pixels (0 = whole images)")
     p.add_argument("--device", default="", help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -130,6 +132,17 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    f"height; default {DEFAULT_MAX_PIXELS:,})")
     p.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images (0 = all)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        scales = tuple(float(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers, e.g. 0.75,1,1.25") \
+            from None
+    if not scales or min(scales) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: scales must be positive numbers, e.g. 0.75,1,1.25")
+    return scales
 
 
 def _add_precision(p: argparse.ArgumentParser) -> None:
@@ -319,7 +332,7 @@ def _eval(a: argparse.Namespace) -> int:
     from .evaluate import run_eval
 
     run_eval(a.checkpoint, dataset=a.dataset, data_root=a.data_root, split=a.split, out=a.out,
-             overwrite=a.overwrite, flip=a.flip, window=a.window, device=a.device, workers=a.workers,
+             overwrite=a.overwrite, flip=a.flip, scales=a.scales, window=a.window, device=a.device, workers=a.workers,
              skip_bad=a.skip_bad, max_images=a.max_images, progress=not a.quiet, engine=a.engine, onnx_file=a.onnx,
              max_pixels=a.max_pixels, check_data=a.check_data, precision=a.precision,
              dataset_args=_key_values(a.dataset_args, "--dataset-arg"))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from .losses import segmentation_loss
 from .metrics import ConfusionMatrix
@@ -116,18 +117,19 @@ def prepare_inference(model: nn.Module, *, precision: str = "fp32", channels_las
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: Tensor, *, flip: bool = False, window: int = 0,
-                   overlap: float = 1 / 3, amp: bool = False) -> Tensor:
+                   overlap: float = 1 / 3, amp: bool = False, scales: Sequence[float] = (1.0,)) -> Tensor:
     """Class scores (N, K, H, W) for normalised images ``x``, with optional test-time augmentation.
 
-    ``flip`` averages with the prediction on the mirrored image; ``window`` > 0 predicts over sliding
-    windows of that side (overlapping by ``overlap``) and averages the overlaps, for images too large to
-    process at once or for models trained on crops.
+    ``flip`` averages with the prediction on the mirrored image; ``scales`` averages the predictions on the
+    image resized by each factor (bilinear), each resized back to (H, W); ``window`` > 0 predicts over
+    sliding windows of that side (overlapping by ``overlap``) and averages the overlaps, for images too large
+    to process at once or for models trained on crops.
     """
     p = next(model.parameters(), None)
     if p is not None and p.dtype != x.dtype:
         x = x.to(p.dtype)  # a bf16 model (prepare_inference) reads bf16 images
 
-    def run(inp: Tensor) -> Tensor:
+    def run_one(inp: Tensor) -> Tensor:
         with autocast(inp.device, amp):
             out = model(inp).float()
         if flip:
@@ -135,6 +137,19 @@ def predict_logits(model: nn.Module, x: Tensor, *, flip: bool = False, window: i
                 out = out + model(inp.flip(-1)).float().flip(-1)
             out = out / 2
         return out
+
+    def run(inp: Tensor) -> Tensor:
+        if tuple(scales) == (1.0,):
+            return run_one(inp)
+        size = inp.shape[-2:]
+        total: Tensor | None = None
+        for s in scales:
+            scaled = F.interpolate(inp, size=[max(1, round(n * s)) for n in size], mode="bilinear",
+                                   align_corners=False)
+            out = F.interpolate(run_one(scaled), size=size, mode="bilinear", align_corners=False)
+            total = out if total is None else total + out
+        assert total is not None
+        return total / len(scales)
 
     h, w = x.shape[-2:]
     if window <= 0 or (h <= window and w <= window):
@@ -173,6 +188,7 @@ def evaluate(
     window: int = 0,
     amp: bool = False,
     progress: bool = True,
+    scales: Sequence[float] = (1.0,),
 ) -> ConfusionMatrix:
     """Accumulate one confusion matrix over the loader's images at their original resolution.
 
@@ -185,7 +201,8 @@ def evaluate(
     with Progress(total, "eval", "img", enabled=progress) as bar:
         for images, masks in loader:
             if images.shape[0]:  # empty when skip_bad dropped the sample
-                logits = predict_logits(model, norm(images.to(device)), flip=flip, window=window, amp=amp)
+                logits = predict_logits(model, norm(images.to(device)), flip=flip, window=window, amp=amp,
+                                        scales=scales)
                 cm.update(logits.argmax(1), masks.to(device))
             bar.update(1)
     cm.reduce()

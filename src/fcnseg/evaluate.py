@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ def format_metrics(m: SegMetrics, classes: list[str]) -> str:
 
 def run_eval(checkpoint: str | Path, *, dataset: str | None = None, data_root: str | None = None,
              split: str | None = None, out: str | Path | None = None, overwrite: bool = False, flip: bool = False,
+             scales: Sequence[float] = (1.0,),
              window: int = 0, device: str = "", workers: int = 2, skip_bad: bool = False, precision: str = "auto",
              max_images: int = 0, progress: bool = True, engine: str = "torch", onnx_file: str | None = None,
              max_pixels: int = DEFAULT_MAX_PIXELS, check_data: str = "headers",
@@ -89,10 +91,12 @@ def run_eval(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
     if engine == "torch":
         model = ck.build_model().to(dev)
         cm = evaluate(model, loader, num_classes=len(ck.classes), norm=ck.normalization, device=dev,
-                      ignore_index=ck.ignore_index, flip=flip, window=window,
+                      ignore_index=ck.ignore_index, flip=flip, window=window, scales=scales,
                       amp=resolve_precision(precision, dev) == "bf16",
                       progress=progress and is_main())
     else:
+        if tuple(scales) != (1.0,):
+            raise ValueError("--scales is for --engine torch")
         scores = make_scorer(ck, dev, engine, onnx_file, flip, window, precision)
         cm = ConfusionMatrix(len(ck.classes), ck.ignore_index)
         with Progress(len(loader), "eval", "img", enabled=progress and is_main()) as bar:
@@ -108,7 +112,8 @@ def run_eval(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
         print(format_metrics(m, ck.classes))
         if out_path is not None:
             record = {"checkpoint": str(checkpoint), "engine": engine, "onnx": onnx_file, "dataset": kind,
-                      "root": str(root), "split": split, "flip": flip, "window": window, "classes": ck.classes,
+                      "root": str(root), "split": split, "flip": flip, "scales": list(scales), "window": window,
+                      "classes": ck.classes,
                       **m.to_dict(), "confusion_matrix": cm.mat.cpu().tolist()}
             text = (json.dumps(record, indent=2) + "\n").encode()
             atomic_write(out_path, lambda f: f.write(text))
