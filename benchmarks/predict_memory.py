@@ -38,6 +38,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from fcnseg.precision import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = REPO / "benchmarks" / "camvid" / "fcn8s_efficientnet_lite0_camvid.pt"
 DATA = Path(os.environ.get("FCNSEG_DATA", REPO.parent / "shared" / "data"))
@@ -85,13 +87,6 @@ def mem_available_mib() -> float:
         if line.startswith("MemAvailable:"):
             return int(line.split()[1]) / 1024
     return float("inf")
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import datetime
 import os
-import platform
 import re
 import signal
 import socket
@@ -36,6 +35,7 @@ import torch
 
 from fcnseg.checkpoint import load_checkpoint
 from fcnseg.io import read_image
+from fcnseg.precision import cpu_model
 from fcnseg.serve.model import load_labeler
 from fcnseg.serve.probe import wait_ready
 
@@ -91,12 +91,6 @@ class RssSampler(threading.Thread):
                 return
             if self.phase is not None:
                 self.phase.rss.append((time.monotonic() - self.t0, rss))
-
-
-def cpu_model() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    m = re.search(r"Model name:\s*(.+)", out)
-    return m.group(1).strip() if m else platform.processor()
 
 
 def offline_rate(ckpt: Path, images: list[torch.Tensor], batch: int, seconds: float) -> float:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from fcnseg.models import build
+from fcnseg.precision import machine_summary
 
 H, W = 375, 500  # a typical VOC image
 
@@ -231,7 +231,7 @@ def main() -> None:
         return
     t_start = time.perf_counter()
     gpu = device.type == "cuda"
-    machine = torch.cuda.get_device_name() if gpu else f"{platform.processor() or platform.machine()}, " \
+    machine = torch.cuda.get_device_name() if gpu else f"{machine_summary()}, " \
         f"{os.cpu_count()} cores, {torch.get_num_threads()} threads"
     print(f"# speed.py on {machine}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}")
 

@@ -11,10 +11,11 @@ random scale 0.5-2, 352-pixel crops, flips), batch 8, SGD, from the same seed, f
 * ``--variants``: fcnseg with one default reverted at a time (NCHW, no cache, 0/1 workers), shorter.
 
 Images/s are measured between step ``--warmup`` and the last step (the rest of the wall time: data checks,
-caching, worker start, compilation, the final checkpoint, is reported as ``startup_s``), and expressed as a share of the machine's fp32 convolution
-throughput measured in the same run (FLOPs of one training step: 3x the forward FLOPs counted by ``FlopCounterMode``). The loss
-of each of the first ``--steps`` steps is recorded for both: the curves must agree within noise (they see
-the same images in a different order). Every configuration runs in its own process, in turn.
+caching, worker start, compilation, the final checkpoint, is reported as ``startup_s``), and expressed as a
+share of the machine's fp32 convolution throughput measured in the same run (FLOPs of one training step: 3x
+the forward FLOPs counted by ``FlopCounterMode``). The loss of each of the first ``--steps`` steps is recorded
+for both: the curves must agree within noise (they see the same images in a different order). Every
+configuration runs in its own process, in turn.
 
     python benchmarks/train_speed.py                  # ~6 minutes on a 2-core CPU
     python benchmarks/train_speed.py --variants       # + the ablation rows (~6 more)
@@ -179,10 +180,11 @@ def main() -> None:
             rows[name] = [summarise(run_child(name, a), a, step_flops, ceiling)]
     plain = statistics.median(r["images_per_s"] for r in rows["plain"])
 
-    print(f"\n| run | images/s | vs plain | share of fp32 conv peak | start-up s |\n|---|---|---|---|---|")
+    print("\n| run | images/s | vs plain | share of fp32 conv peak | start-up s |\n|---|---|---|---|---|")
     for name, rs in rows.items():
         ips = statistics.median(r["images_per_s"] for r in rs)
-        print(f"| {name} | {ips:.2f} | {ips / plain:.2f}x | {100 * statistics.median(r['share_of_conv_peak'] for r in rs):.0f}% "
+        share = statistics.median(r["share_of_conv_peak"] for r in rs)
+        print(f"| {name} | {ips:.2f} | {ips / plain:.2f}x | {100 * share:.0f}% "
               f"| {statistics.median(r['startup_s'] for r in rs):.1f} |")
     lp, lf = rows["plain"][0]["losses"], rows["fcnseg"][0]["losses"]
     print("\nloss, mean over steps | plain | fcnseg |\n|---|---|---|")
