@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from .losses import segmentation_loss
-from .metrics import ConfusionMatrix
+from .metrics import ConfusionMatrix, MultiTaskConfusion
+from .models.fcn import head_labels, joined_logits, task_heads
 from .normalization import Normalization
 from .progress import Progress
 
@@ -121,10 +122,10 @@ def predict_logits(model: nn.Module, x: Tensor, *, flip: bool = False, window: i
 
     def run(inp: Tensor) -> Tensor:
         with autocast(inp.device, amp):
-            out = model(inp).float()
+            out = joined_logits(model(inp)).float()  # a multi-task model's heads side by side on dim 1
         if flip:
             with autocast(inp.device, amp):
-                out = out + model(inp.flip(-1)).float().flip(-1)
+                out = out + joined_logits(model(inp.flip(-1))).float().flip(-1)
             out = out / 2
         return out
 
@@ -165,20 +166,23 @@ def evaluate(
     window: int = 0,
     amp: bool = False,
     progress: bool = True,
-) -> ConfusionMatrix:
+) -> ConfusionMatrix | MultiTaskConfusion:
     """Accumulate one confusion matrix over the loader's images at their original resolution.
 
     Each batch holds whole images (batch size 1 keeps every image at its own size, so padding never touches
     a prediction). Under DDP the matrices of all processes are summed; the caller computes the metrics.
+    A multi-task model (``heads``) is scored task by task against stacked masks (N, T, H, W): one matrix each.
     """
     model.eval()
-    cm = ConfusionMatrix(num_classes, ignore_index, device=device)
+    heads = task_heads(model)
+    cm = ConfusionMatrix(num_classes, ignore_index, device=device) if heads is None else \
+        MultiTaskConfusion(heads, ignore_index, device=device)
     total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
     with Progress(total, "eval", "img", enabled=progress) as bar:
         for images, masks in loader:
             if images.shape[0]:  # empty when skip_bad dropped the sample
                 logits = predict_logits(model, norm(images.to(device)), flip=flip, window=window, amp=amp)
-                cm.update(logits.argmax(1), masks.to(device))
+                cm.update(head_labels(logits, heads), masks.to(device))
             bar.update(1)
     cm.reduce()
     return cm
