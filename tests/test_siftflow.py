@@ -19,10 +19,14 @@ from scipy.io import savemat
 from fcnseg import data as fdata
 from fcnseg.checkpoint import load_checkpoint
 from fcnseg.cli import main
+from fcnseg.convert import convert_caffemodel
 from fcnseg.data import DataError, SIFTFlow
 from fcnseg.data.siftflow import SIFTFLOW_CLASSES, SIFTFLOW_GEO_CLASSES, siftflow_ids
 from fcnseg.losses import segmentation_loss
 from fcnseg.metrics import MultiTaskConfusion
+from fcnseg.models import build
+from fcnseg.normalization import EFFICIENTNET_LITE
+from test_convert import fcn_layers, write_caffemodel
 
 from conftest import TINY
 
@@ -242,9 +246,6 @@ def test_cli_refusals_are_one_line(tree: Path, tmp_path: Path, capsys: pytest.Ca
 
 
 def test_lite0_two_heads_train_on_a_cpu(tree: Path) -> None:
-    from fcnseg.models import build
-    from fcnseg.normalization import EFFICIENTNET_LITE
-
     ds = SIFTFlow(tree, "trainval", transforms=fdata.train_transforms(64, scale_range=None))
     images, masks = fdata.pad_collate([ds[i] for i in range(4)])
     model = build("fcn16s_siftflow_efficientnet_lite0").train()
@@ -257,3 +258,18 @@ def test_lite0_two_heads_train_on_a_cpu(tree: Path) -> None:
         opt.step()
         losses.append(loss.item())
     assert np.isfinite(losses).all() and losses[-1] < 0.7 * losses[0], losses
+
+
+def test_reference_caffemodel_converts_key_by_key(tree: Path, tmp_path: Path) -> None:
+    # A caffemodel laid out as the reference's siftflow-fcn16s (score_fr_sem, upscore2_geo, ...) maps onto
+    # fcn16s_siftflow layer by layer; the checkpoint then knows its two tasks, so eval scores both.
+    layers, want = fcn_layers(build("fcn16s_siftflow", width=TINY))
+    src = write_caffemodel(tmp_path / "siftflow-fcn16s-heavy.caffemodel", layers)
+    dst = convert_caffemodel(src, tmp_path / "siftflow.pt", model="fcn16s_siftflow", model_args={"width": TINY},
+                             classes=SIFTFLOW_CLASSES)
+    ck = load_checkpoint(dst)
+    assert ck.model_args["num_classes"] == 33 and ck.heads == {"sem": 33, "geo": 3}
+    assert len(want) == len(ck.state_dict) and torch.equal(ck.state_dict["score_fr_geo.weight"],
+                                                           torch.from_numpy(want["score_fr_geo.weight"]))
+    assert main(["eval", "--checkpoint", str(dst), "--dataset", "siftflow", "--data", str(tree), "--split", "test",
+                 "--workers", "0", "--quiet"]) == 0
