@@ -206,7 +206,7 @@ def test_train_eval_predict(tree: Path, tmp_path: Path) -> None:
 
     out_json = tmp_path / "metrics.json"
     assert main(["eval", "--checkpoint", str(run / "best.pt"), "--workers", "0", "--out", str(out_json),
-                 "--quiet"]) == 0
+                 "--flip", "--window", "160", "--quiet"]) == 0  # test-time averaging runs on both heads
     m = json.loads(out_json.read_text())
     assert m["split"] == "test" and m["pixels"] == m["tasks"]["sem"]["pixels"]
     for task, k in (("sem", 33), ("geo", 3)):
@@ -238,11 +238,17 @@ def test_train_eval_predict(tree: Path, tmp_path: Path) -> None:
         assert main(argv) == 2, argv
 
 
-def test_cli_refusals_are_one_line(tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_refusals_are_one_line(tree: Path, tmp_path: Path, data_root: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--dataset", "siftflow", "--data", str(tree), "--train-split", "trainval",
-                 "--val-split", "test", "--model", "fcn8s", "--out", str(tmp_path / "x"), "--dry-run", "--quiet"]) == 2
+                 "--val-split", "test", "--model", "fcn8s", "--model-arg", f"width={TINY}",
+                 "--out", str(tmp_path / "x"), "--dry-run", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "labels sem (33 classes), geo (3 classes); --model fcn8s has one head" in err
+    assert main(["train", "--dataset", "camvid", "--data", str(data_root / "camvid"), "--model", "fcn16s_siftflow",
+                 "--model-arg", f"width={TINY}", "--out", str(tmp_path / "y"), "--dry-run", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "has sem (11 classes), geo (3 classes); fix: choose a single-head model" in err
 
 
 def test_lite0_two_heads_train_on_a_cpu(tree: Path) -> None:

@@ -114,7 +114,8 @@ def predict_logits(model: nn.Module, x: Tensor, *, flip: bool = False, window: i
 
     ``flip`` averages with the prediction on the mirrored image; ``window`` > 0 predicts over sliding
     windows of that side (overlapping by ``overlap``) and averages the overlaps, for images too large to
-    process at once or for models trained on crops.
+    process at once or for models trained on crops. A multi-task model's heads come back side by side on the
+    class axis (``models.joined_logits``; split them with ``models.head_labels``).
     """
     p = next(model.parameters(), None)
     if p is not None and p.dtype != x.dtype:

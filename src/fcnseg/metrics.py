@@ -48,7 +48,10 @@ class SegMetrics:
     tasks: dict[str, SegMetrics] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.tasks:  # a single-task net's record keeps its plain shape
+            del d["tasks"]
+        return d
 
 
 class ConfusionMatrix:

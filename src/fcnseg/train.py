@@ -249,8 +249,9 @@ def _check_tasks(model: nn.Module, ds: fdata.SegmentationDataset, cfg: TrainConf
     if heads != tasks:
         what = ", ".join(f"{t} ({k} classes)" for t, k in tasks.items()) if tasks else "one task"
         has = ", ".join(f"{t} ({k} classes)" for t, k in heads.items()) if heads else "one head"
-        raise ValueError(f"--dataset {cfg.dataset} labels {what}; --model {cfg.model} has {has}; fix: choose a "
-                         f"model with those heads (SIFT Flow: fcn16s_siftflow, fcn16s_siftflow_efficientnet_lite0)")
+        fix = "a model with those heads (SIFT Flow: fcn16s_siftflow, fcn16s_siftflow_efficientnet_lite0)" if tasks \
+            else "a single-head model (e.g. fcn8s)"
+        raise ValueError(f"--dataset {cfg.dataset} labels {what}; --model {cfg.model} has {has}; fix: choose {fix}")
 
 
 def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False) -> Path:
