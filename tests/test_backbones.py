@@ -30,7 +30,7 @@ def test_registry_has_the_lite_nets_and_their_normalisation():
     names = set(list_models())
     lite = {f"fcn{s}s_efficientnet_lite{v}" for s in (32, 16, 8) for v in (0, 1, 2)}
     assert lite | {"fcn_timm"} <= names
-    assert set(PRETRAINED_NORMALIZATION) == lite
+    assert set(PRETRAINED_NORMALIZATION) == lite | {"fcn16s_siftflow_efficientnet_lite0"}
     for norm in PRETRAINED_NORMALIZATION.values():
         assert get_normalization(norm).name == "efficientnet_lite"
     assert encoder_normalization("efficientnet_lite0") == "efficientnet_lite"

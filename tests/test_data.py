@@ -415,7 +415,7 @@ def test_check_on_real_sample(data_root: Path) -> None:
 
 
 def test_build_dataset(data_root: Path) -> None:
-    assert list(fdata.DATASETS) == ["voc", "sbd", "camvid", "folder"]
+    assert list(fdata.DATASETS) == ["voc", "sbd", "camvid", "folder", "siftflow"]
     ds = build_dataset("camvid", data_root / "camvid", "val", transforms=fdata.train_transforms(64))
     assert isinstance(ds, fdata.CamVid) and len(ds) == 101
     image, mask = ds[0]

@@ -10,6 +10,8 @@ from fcnseg.models import FCN, BilinearUpsample, bilinear_kernel, build, list_mo
 from conftest import TINY
 
 PAPER_NETS = ["fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce", "fcn_alexnet"]
+# Two-headed nets (section 5, SIFT Flow): a dict of logits, one per task.
+MULTITASK_NETS = [n for n in list_models() if "siftflow" in n]
 
 # A spread of sizes from 1 to 1024 pixels a side: tiny, odd, around the strides, large.
 SIZES = [(1, 1), (2, 3), (5, 5), (7, 16), (31, 32), (33, 33), (63, 65), (100, 37), (127, 1), (224, 224),
@@ -18,7 +20,7 @@ SIZES = [(1, 1), (2, 3), (5, 5), (7, 16), (31, 32), (33, 33), (63, 65), (100, 37
 
 def tiny(name: str, **kw) -> FCN:
     """The smallest instance of a registry entry: the paper's nets at ``TINY`` width, the encoders as they are."""
-    if name in PAPER_NETS:
+    if name in PAPER_NETS or name.endswith("_siftflow"):
         kw["width"] = TINY
     elif name == "fcn_timm":
         kw["encoder"] = "resnet18"
@@ -39,6 +41,7 @@ def test_registry_lists_the_paper_nets():
         ("fcn8s", {"score_pool4": 5, "score_pool3": 9, "upscore8": 31}),
         ("fcn8s_atonce", {"score_pool4": 5, "score_pool3": 9, "upscore8": 31}),
         ("fcn_alexnet", {"upscore": 18}),
+        ("fcn16s_siftflow", {"score_pool4_sem": 5, "upscore16_sem": 27, "score_pool4_geo": 5, "upscore16_geo": 27}),
     ],
 )
 def test_crop_offsets_equal_the_reference(name, offsets):
@@ -63,6 +66,28 @@ def test_output_size_equals_input_size(name):
             assert y.shape == (1, 21, h, w), (h, w)
 
 
+@pytest.mark.parametrize("name", MULTITASK_NETS)
+def test_multitask_output_sizes_equal_input_size(name):
+    model = tiny(name, num_classes=5)
+    assert model.heads == {"sem": 5, "geo": 3}
+    with torch.no_grad():
+        for h, w in SIZES if name.endswith("_siftflow") else SIZES[::3]:  # the Lite encoder: every third size
+            y = model(torch.randn(1, 3, h, w))
+            assert {k: tuple(v.shape) for k, v in y.items()} == {"sem": (1, 5, h, w), "geo": (1, 3, h, w)}, (h, w)
+
+
+def test_multitask_heads_keep_the_reference_layer_names():
+    with torch.device("meta"):
+        model = build("fcn16s_siftflow")
+    head = sorted(k for k in model.state_dict() if not k.startswith("encoder."))
+    assert head == sorted(f"{layer}_{task}.{p}" for layer in ("score_fr", "score_pool4") for task in ("sem", "geo")
+                          for p in ("weight", "bias"))
+    assert model.score_fr_sem.out_channels == 33 and model.score_fr_geo.out_channels == 3
+    assert model.upscore2_geo.kernel_size == 4 and model.upscore16_sem.kernel_size == 32
+    with pytest.raises(ValueError, match="num_classes must be positive"):
+        FCN(model.encoder, {"sem": 0})
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_forward_backward(name):
     model = tiny(name, num_classes=5).train()
@@ -73,10 +98,14 @@ def test_forward_backward(name):
             if n.startswith("score") or not p.any():
                 p.normal_(0, 0.1)
     x = torch.randn(2, 3, 45, 61)
-    y = model(x)
-    assert y.shape == (2, 5, 45, 61)
-    assert torch.isfinite(y).all()
-    y.square().mean().backward()
+    out = model(x)
+    heads = model.heads or {"": 5}  # a multi-task net returns a dict of logits, one per head
+    outs = out if model.heads else {"": out}
+    assert list(outs) == list(heads)
+    for task, y in outs.items():
+        assert y.shape == (2, heads[task], 45, 61), task
+        assert torch.isfinite(y).all(), task
+    sum(y.square().mean() for y in outs.values()).backward()
     for n, p in model.named_parameters():
         assert p.grad is not None, n
         assert torch.isfinite(p.grad).all(), n

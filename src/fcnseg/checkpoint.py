@@ -10,6 +10,7 @@ A checkpoint is a dict saved with ``torch.save``::
     config: the resolved training config (dict) or None
     train_state: optimiser, scheduler, step, epoch, sampler position, RNG states (optional)
     metrics: the latest validation metrics (optional)
+    extra: {"tasks": {task: {"classes": [...], "palette": [...]}}} for a multi-task model (SIFT Flow's sem, geo)
 """
 
 from __future__ import annotations
@@ -26,7 +27,18 @@ from .models import build
 from .normalization import Normalization, get_normalization
 from .outputs import atomic_write
 
-__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "CheckpointError"]
+__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "CheckpointError", "task_extra"]
+
+TaskTables = dict[str, tuple[list[str], list[tuple[int, int, int]]]]
+"""``{task: (class names, palette)}`` of a multi-task model, in the order of its heads."""
+
+
+def task_extra(tasks: TaskTables | None) -> dict[str, Any]:
+    """The checkpoint's ``extra`` entry that records a multi-task dataset's tasks (empty for one task)."""
+    if not tasks:
+        return {}
+    return {"tasks": {t: {"classes": list(names), "palette": [[int(v) for v in c] for c in palette]}
+                      for t, (names, palette) in tasks.items()}}
 
 FORMAT, VERSION = "fcnseg", 1
 
@@ -50,6 +62,20 @@ class Checkpoint:
     train_state: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tasks(self) -> TaskTables | None:
+        """A multi-task model's ``{task: (class names, palette)}``; ``None`` for a single-task one."""
+        tasks = self.extra.get("tasks")
+        if not tasks:
+            return None
+        return {t: (list(v["classes"]), [tuple(c) for c in v["palette"]]) for t, v in tasks.items()}
+
+    @property
+    def heads(self) -> dict[str, int] | None:
+        """``{task: classes}`` of a multi-task model (split its joined scores with ``models.head_labels``)."""
+        tasks = self.tasks
+        return None if tasks is None else {t: len(names) for t, (names, _) in tasks.items()}
 
     def build_model(self, *, strict: bool = True) -> nn.Module:
         """The model with its weights, in eval mode. ``pretrained`` is never re-fetched: the weights are here."""

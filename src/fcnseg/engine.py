@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .losses import segmentation_loss
-from .metrics import ConfusionMatrix
+from .metrics import ConfusionMatrix, MultiTaskConfusion
+from .models.fcn import head_labels, joined_logits, task_heads
 from .normalization import Normalization
 from .progress import Progress
 
@@ -123,7 +124,8 @@ def predict_logits(model: nn.Module, x: Tensor, *, flip: bool = False, window: i
     ``flip`` averages with the prediction on the mirrored image; ``scales`` averages the predictions on the
     image resized by each factor (bilinear), each resized back to (H, W); ``window`` > 0 predicts over
     sliding windows of that side (overlapping by ``overlap``) and averages the overlaps, for images too large
-    to process at once or for models trained on crops.
+    to process at once or for models trained on crops. A multi-task model's heads come back side by side on
+    the class axis (``models.joined_logits``; split them with ``models.head_labels``).
     """
     p = next(model.parameters(), None)
     if p is not None and p.dtype != x.dtype:
@@ -131,10 +133,10 @@ def predict_logits(model: nn.Module, x: Tensor, *, flip: bool = False, window: i
 
     def run_one(inp: Tensor) -> Tensor:
         with autocast(inp.device, amp):
-            out = model(inp).float()
+            out = joined_logits(model(inp)).float()  # a multi-task model's heads side by side on dim 1
         if flip:
             with autocast(inp.device, amp):
-                out = out + model(inp.flip(-1)).float().flip(-1)
+                out = out + joined_logits(model(inp.flip(-1))).float().flip(-1)
             out = out / 2
         return out
 
@@ -189,21 +191,24 @@ def evaluate(
     amp: bool = False,
     progress: bool = True,
     scales: Sequence[float] = (1.0,),
-) -> ConfusionMatrix:
+) -> ConfusionMatrix | MultiTaskConfusion:
     """Accumulate one confusion matrix over the loader's images at their original resolution.
 
     Each batch holds whole images (batch size 1 keeps every image at its own size, so padding never touches
     a prediction). Under DDP the matrices of all processes are summed; the caller computes the metrics.
+    A multi-task model (``heads``) is scored task by task against stacked masks (N, T, H, W): one matrix each.
     """
     model.eval()
-    cm = ConfusionMatrix(num_classes, ignore_index, device=device)
+    heads = task_heads(model)
+    cm = ConfusionMatrix(num_classes, ignore_index, device=device) if heads is None else \
+        MultiTaskConfusion(heads, ignore_index, device=device)
     total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
     with Progress(total, "eval", "img", enabled=progress) as bar:
         for images, masks in loader:
             if images.shape[0]:  # empty when skip_bad dropped the sample
                 logits = predict_logits(model, norm(images.to(device)), flip=flip, window=window, amp=amp,
                                         scales=scales)
-                cm.update(logits.argmax(1), masks.to(device))
+                cm.update(head_labels(logits, heads), masks.to(device))
             bar.update(1)
     cm.reduce()
     return cm

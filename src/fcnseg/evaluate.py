@@ -18,7 +18,7 @@ from .checkpoint import load_checkpoint
 from .distributed import ShardedSampler, init_distributed, is_main, on_main
 from .engine import evaluate
 from .io import DEFAULT_MAX_PIXELS
-from .metrics import ConfusionMatrix, SegMetrics
+from .metrics import ConfusionMatrix, MultiTaskConfusion, SegMetrics
 from .outputs import atomic_write, check_output_file
 from .precision import resolve_precision
 from .predict import make_scorer
@@ -27,8 +27,12 @@ from .progress import Progress
 log = logging.getLogger(__name__)
 
 
-def format_metrics(m: SegMetrics, classes: list[str]) -> str:
-    """The four metrics and a per-class table, as printed on the terminal."""
+def format_metrics(m: SegMetrics, classes: list[str], tasks: dict[str, list[str]] | None = None) -> str:
+    """The four metrics and a per-class table, as printed on the terminal; for a multi-task model (``tasks``:
+    class names by task, with ``m.tasks``) one block per task under its name."""
+    if tasks and m.tasks:
+        return "\n\n".join(f"[{t}]\n{format_metrics(m.tasks[t], names)}" for t, names in tasks.items())
+
     def pct(v: float) -> str:
         return "   -  " if math.isnan(v) else f"{100 * v:6.2f}"
 
@@ -83,6 +87,10 @@ def run_eval(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
     if ds.num_classes != len(ck.classes):
         raise ValueError(f"--data {root} has {ds.num_classes} classes; --checkpoint {checkpoint} predicts "
                          f"{len(ck.classes)}; fix: evaluate on the dataset the model was trained for")
+    ds_heads = {t: len(names) for t, (names, _) in ds.tasks.items()} if ds.tasks else None
+    if ds_heads != ck.heads:
+        raise ValueError(f"--data {root} labels tasks {list(ds_heads or ['one'])}; --checkpoint {checkpoint} predicts "
+                         f"{list(ck.heads or ['one'])}; fix: evaluate on the dataset the model was trained for")
     full = ds
     if max_images:
         ds = torch.utils.data.Subset(ds, range(min(max_images, len(ds))))  # type: ignore[assignment]
@@ -109,12 +117,18 @@ def run_eval(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
     if full.skipped:
         log.warning("skipped %d samples that failed to load (--skip-bad)", full.skipped)
     if is_main():
-        print(format_metrics(m, ck.classes))
+        tasks = ck.tasks
+        print(format_metrics(m, ck.classes, {t: names for t, (names, _) in tasks.items()} if tasks else None))
         if out_path is not None:
             record = {"checkpoint": str(checkpoint), "engine": engine, "onnx": onnx_file, "dataset": kind,
                       "root": str(root), "split": split, "flip": flip, "scales": list(scales), "window": window,
-                      "classes": ck.classes,
-                      **m.to_dict(), "confusion_matrix": cm.mat.cpu().tolist()}
+                      "classes": ck.classes, **m.to_dict()}
+            matrices = cm.matrices if isinstance(cm, MultiTaskConfusion) else {"": cm}
+            for t, tcm in matrices.items():  # a multi-task model: each task's classes and matrix too
+                if t:
+                    record["tasks"][t].update(classes=tasks[t][0] if tasks else None,
+                                              confusion_matrix=tcm.mat.cpu().tolist())
+            record["confusion_matrix"] = next(iter(matrices.values())).mat.cpu().tolist()  # the first task's
             text = (json.dumps(record, indent=2) + "\n").encode()
             atomic_write(out_path, lambda f: f.write(text))
     return m

@@ -50,6 +50,9 @@ def export_model(checkpoint: str | Path | Checkpoint, out: str | Path, *, fmt: s
     if int8_calibration is not None and not int8_calibration:
         raise ValueError("int8 quantisation needs calibration images: none given")
     ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    if ck.heads:
+        raise ValueError(f"{ck.model_name} has {len(ck.heads)} heads ({', '.join(ck.heads)}): export writes "
+                         f"single-task models only; predict it with `fcnseg predict` (engine torch)")
     out = check_output_file(out, flag="-o", overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = _Logits(ck.build_model()).eval()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 import torch
@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 
-def segmentation_loss(logits: Tensor, target: Tensor, *, ignore_index: int = 255,
+def segmentation_loss(logits: Tensor | Mapping[str, Tensor], target: Tensor, *, ignore_index: int = 255,
                       reduction: Literal["sum", "mean"] = "mean", weight: Tensor | None = None) -> Tensor:
     """Cross-entropy over pixels; ``logits`` (N, K, H, W), ``target`` (N, H, W) int64.
 
@@ -19,7 +19,20 @@ def segmentation_loss(logits: Tensor, target: Tensor, *, ignore_index: int = 255
     learning rate about (pixels per image) times larger. A batch whose pixels are all ignored gives 0.
     ``weight`` (K,) scales each pixel's loss by its true class's weight (class balancing); ``mean`` still
     divides by the number of valid pixels, so the weights' scale sets the effective learning rate.
+
+    A multi-task model's dict of logits takes stacked targets (N, T, H, W), channel ``t`` for the ``t``-th
+    task in the dict's order; the tasks' losses are summed, as the reference's SIFT Flow net sums its
+    semantic and geometric losses (each ``mean`` over its own labelled pixels).
     """
+    if isinstance(logits, Mapping):
+        if weight is not None:
+            raise ValueError("class weights are for single-task models; fix: --class-weights none")
+        if target.ndim != 4 or target.shape[1] != len(logits):
+            raise ValueError(f"{len(logits)} tasks ({', '.join(logits)}) need targets (N, {len(logits)}, H, W), "
+                             f"got {tuple(target.shape)}")
+        losses = [segmentation_loss(x, target[:, t], ignore_index=ignore_index, reduction=reduction)
+                  for t, x in enumerate(logits.values())]
+        return sum(losses[1:], losses[0])
     loss = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=ignore_index, reduction="sum")
     if reduction == "sum":
         return loss

@@ -12,22 +12,31 @@ The matrix accumulates over a whole split; the metrics are computed once from it
 A class absent from both the ground truth and the prediction has an undefined IU and is left out of the means
 (as the reference's ``nanmean``); a class absent from the ground truth has no accuracy and is left out of
 mean accuracy.
+
+A multi-task net (the SIFT Flow one: semantic and geometric labels) is scored by :class:`MultiTaskConfusion`,
+one matrix per task. It follows the reference's SIFT Flow protocol: classes absent from the split's ground truth
+(cow, desert and moon on SIFT Flow's test set) are left out of mean IU as well (``compute(present_only=True)``).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import Tensor
 from torch import distributed as dist
 
-__all__ = ["ConfusionMatrix", "SegMetrics"]
+__all__ = ["ConfusionMatrix", "MultiTaskConfusion", "SegMetrics"]
 
 
 @dataclass(frozen=True)
 class SegMetrics:
-    """Metrics of one split. Per-class lists hold ``nan`` where the value is undefined."""
+    """Metrics of one split. Per-class lists hold ``nan`` where the value is undefined.
+
+    ``tasks`` holds every task's metrics for a multi-task net (the top-level values are the first task's);
+    it is empty for a single-task one.
+    """
 
     pixel_acc: float
     mean_acc: float
@@ -36,9 +45,13 @@ class SegMetrics:
     class_iu: list[float]
     class_acc: list[float]
     pixels: int
+    tasks: dict[str, SegMetrics] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.tasks:  # a single-task net's record keeps its plain shape
+            del d["tasks"]
+        return d
 
 
 class ConfusionMatrix:
@@ -82,8 +95,12 @@ class ConfusionMatrix:
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(self.mat, op=dist.ReduceOp.SUM)
 
-    def compute(self) -> SegMetrics:
-        """The paper's four metrics plus per-class IU and accuracy, from the accumulated matrix."""
+    def compute(self, *, present_only: bool = False) -> SegMetrics:
+        """The paper's four metrics plus per-class IU and accuracy, from the accumulated matrix.
+
+        ``present_only``: classes absent from the ground truth get no IU either (``nan``), so a class that is
+        only ever predicted does not count in mean IU; pixels predicted as it still count against the others.
+        """
         h = self.mat.double().cpu()
         tp = h.diag()
         t = h.sum(1)  # pixels of each class in the ground truth
@@ -91,6 +108,8 @@ class ConfusionMatrix:
         total = t.sum()
         class_acc = tp / t  # nan where t_i == 0
         class_iu = tp / union  # nan where the class is in neither ground truth nor prediction
+        if present_only:
+            class_iu[t == 0] = float("nan")
         fw = (t[union > 0] * class_iu[union > 0]).sum() / total if total > 0 else torch.tensor(float("nan"))
         return SegMetrics(
             pixel_acc=float(tp.sum() / total) if total > 0 else float("nan"),
@@ -101,3 +120,41 @@ class ConfusionMatrix:
             class_acc=class_acc.tolist(),
             pixels=int(total),
         )
+
+
+class MultiTaskConfusion:
+    """One :class:`ConfusionMatrix` per task of a multi-task net, over stacked labels.
+
+    ``update(pred, target)`` takes (N, T, H, W) predictions and targets, channel ``t`` for the ``t``-th task
+    of ``heads`` (``{task: classes}``); ``compute()`` returns the first task's metrics with every task's in
+    :attr:`SegMetrics.tasks`, each with ``present_only`` (the reference's SIFT Flow scoring).
+
+    Attributes:
+        matrices: ``{task: ConfusionMatrix}``.
+    """
+
+    def __init__(self, heads: Mapping[str, int], ignore_index: int | None = 255,
+                 device: torch.device | str = "cpu"):
+        self.matrices = {task: ConfusionMatrix(k, ignore_index, device) for task, k in heads.items()}
+
+    def reset(self) -> None:
+        for cm in self.matrices.values():
+            cm.reset()
+
+    @torch.no_grad()
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        """Add pixels of (N, T, H, W) predictions and targets, task ``t`` in channel ``t``."""
+        if pred.ndim != 4 or pred.shape[1] != len(self.matrices) or target.shape != pred.shape:
+            raise ValueError(f"{len(self.matrices)} tasks need predictions and targets (N, {len(self.matrices)}, "
+                             f"H, W); got {tuple(pred.shape)} and {tuple(target.shape)}")
+        for t, cm in enumerate(self.matrices.values()):
+            cm.update(pred[:, t], target[:, t])
+
+    def reduce(self) -> None:
+        for cm in self.matrices.values():
+            cm.reduce()
+
+    def compute(self) -> SegMetrics:
+        tasks = {task: cm.compute(present_only=True) for task, cm in self.matrices.items()}
+        first = next(iter(tasks.values()))
+        return replace(first, tasks=tasks)

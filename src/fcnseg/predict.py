@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from .checkpoint import Checkpoint, load_checkpoint
 from .engine import predict_logits, prepare_inference
 from .io import DEFAULT_MAX_PIXELS, DataError, is_image_file, read_image
+from .models import head_labels
 from .outputs import atomic_write, check_output_dir
 from .precision import resolve_precision
 from .progress import Progress
@@ -120,9 +121,10 @@ def tile_grid(h: int, w: int, tile_pixels: int) -> tuple[int, int]:
     return side - 2 * margin, margin
 
 
-def predict_labels_tiled(scores: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, tile_pixels: int
-                         ) -> np.ndarray:
-    """Labels (H, W) uint8 of a uint8 (3, H, W) image, predicted tile by tile.
+def predict_labels_tiled(scores: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, tile_pixels: int,
+                         heads: dict[str, int] | None = None) -> np.ndarray:
+    """Labels (H, W) uint8 of a uint8 (3, H, W) image, predicted tile by tile; (T, H, W) for a multi-task
+    model's ``heads`` (its scores joined on the class axis, split again by :func:`fcnseg.models.head_labels`).
 
     Each tile's core square takes its labels from a prediction over the core plus a margin of context
     (1/8 of the tile's side) on each side, so memory is bounded by one tile's activations plus the image and
@@ -131,7 +133,7 @@ def predict_labels_tiled(scores: Callable[[torch.Tensor], torch.Tensor], image: 
     """
     _, h, w = image.shape
     core, margin = tile_grid(h, w, tile_pixels)
-    labels = np.empty((h, w), dtype=np.uint8)
+    labels = np.empty((*([len(heads)] if heads else []), h, w), dtype=np.uint8)
     for y0 in range(0, h, core):
         for x0 in range(0, w, core):
             y1, x1 = min(y0 + core, h), min(x0 + core, w)
@@ -139,7 +141,7 @@ def predict_labels_tiled(scores: Callable[[torch.Tensor], torch.Tensor], image: 
             ry1, rx1 = min(h, y1 + margin), min(w, x1 + margin)
             s = scores(image[:, ry0:ry1, rx0:rx1])  # (K, rh, rw)
             core_scores = s[:, y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0]
-            labels[y0:y1, x0:x1] = core_scores.argmax(0).to(torch.uint8).cpu().numpy()
+            labels[..., y0:y1, x0:x1] = head_labels(core_scores, heads, 0).to(torch.uint8).cpu().numpy()
     return labels
 
 
@@ -153,7 +155,8 @@ class Predictor:
     """Class labels for uint8 RGB images, from a checkpoint, with the engine and precision chosen once.
 
     ``predictor(image)`` takes a uint8 (3, H, W) tensor and returns uint8 labels (H, W);
-    :meth:`labels_batch` takes same-size images (N, 3, H, W). Images over ``tile_pixels`` are predicted in
+    :meth:`labels_batch` takes same-size images (N, 3, H, W). A multi-task model's labels are stacked by task,
+    in the order of :attr:`heads`: (T, H, W) and (N, T, H, W). Images over ``tile_pixels`` are predicted in
     tiles (:func:`predict_labels_tiled`); out of memory becomes a :class:`PredictionError` naming the flag.
     """
 
@@ -163,6 +166,7 @@ class Predictor:
         self.ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.tile_pixels = tile_pixels
+        self.heads = self.ck.heads  # {task: classes} of a multi-task model, else None
         self._scores = make_scorer(self.ck, self.device, engine, onnx_file, flip, window, precision, threads)
 
     def scores(self, images: torch.Tensor) -> torch.Tensor:
@@ -174,15 +178,16 @@ class Predictor:
         one through the tiled path, so a batch of large photos stays within memory too."""
         if images.shape[-2] * images.shape[-1] > self.tile_pixels:
             return np.stack([self(image) for image in images])
-        return self._guard(lambda: self.scores(images).argmax(1).to(torch.uint8).cpu().numpy(), images.shape)
+        return self._guard(lambda: head_labels(self.scores(images), self.heads).to(torch.uint8).cpu().numpy(),
+                           images.shape)
 
     def __call__(self, image: torch.Tensor, name: str = "image") -> np.ndarray:
         _, h, w = image.shape
         if h * w <= self.tile_pixels:
-            return self._guard(lambda: self.scores(image[None])[0].argmax(0).to(torch.uint8).cpu().numpy(),
-                               image.shape, name)
+            return self._guard(lambda: head_labels(self.scores(image[None]), self.heads)[0].to(torch.uint8).cpu()
+                               .numpy(), image.shape, name)
         return self._guard(lambda: predict_labels_tiled(lambda r: self.scores(r[None])[0], image,
-                                                        self.tile_pixels), image.shape, name)
+                                                        self.tile_pixels, self.heads), image.shape, name)
 
     def _guard(self, fn: Callable[[], np.ndarray], shape: Sequence[int], name: str = "image") -> np.ndarray:
         try:
@@ -201,7 +206,8 @@ def run_predict(checkpoint: str | Path | Checkpoint, inputs: Sequence[str | Path
                 device: str = "", workers: int = 2, engine: str = "torch", onnx_file: str | None = None,
                 precision: str = "auto", progress: bool = True, skip_bad: bool = False,
                 max_pixels: int = DEFAULT_MAX_PIXELS, tile_pixels: int = DEFAULT_TILE_PIXELS) -> dict[str, Any]:
-    """Write ``<stem>.png`` (palette labels) and ``<stem>_overlay.png`` for every input image.
+    """Write ``<stem>.png`` (palette labels) and ``<stem>_overlay.png`` for every input image; for a multi-task
+    model (SIFT Flow's) ``<stem>_<task>.png`` and ``<stem>_<task>_overlay.png`` for each task (``_sem``, ``_geo``).
 
     The output folder is checked before any work (an existing, non-empty one is refused unless
     ``overwrite``). Each file is written atomically. With ``skip_bad`` an unreadable image is logged and
@@ -251,6 +257,9 @@ def make_scorer(ck: Checkpoint, dev: torch.device, engine: str, onnx_file: str |
     ``threads`` > 0 sets the intra-op threads (ONNX Runtime's session; PyTorch's, which are process-wide).
     """
     if engine == "onnxruntime":
+        if ck.heads:
+            raise ValueError(f"--engine onnxruntime: {ck.model_name} has {len(ck.heads)} heads "
+                             f"({', '.join(ck.heads)}); ONNX export is for single-task models: use --engine torch")
         if not onnx_file:
             raise ValueError("--engine onnxruntime needs --onnx FILE (made by `fcnseg export`)")
         if flip or window or precision not in ("auto", "fp32"):
@@ -291,10 +300,14 @@ def _first(batch: list[Any]) -> Any:
 def _write(out: Path, name: str, rgb: np.ndarray, labels: np.ndarray, ck: Checkpoint, overlay: bool) -> None:
     # compress_level 1: a few percent larger files, several times faster to write than PIL's default 6.
     # Atomic (a kill never leaves a torn PNG); no fsync per file: predictions can be made again.
-    label_png = palette_image(labels, ck.palette)
-    atomic_write(out / f"{name}.png", lambda f: label_png.save(f, format="PNG", compress_level=1), flag="-o",
-                 fsync=False)
-    if overlay:
-        over = overlay_image(rgb, labels, ck.palette, ck.classes)
-        atomic_write(out / f"{name}_overlay.png", lambda f: over.save(f, format="PNG", compress_level=1),
+    tasks = ck.tasks
+    maps = {"": (labels, ck.classes, ck.palette)} if tasks is None else \
+        {f"_{t}": (labels[i], names, palette) for i, (t, (names, palette)) in enumerate(tasks.items())}
+    for suffix, (lab, classes, palette) in maps.items():  # labels (H, W), or (T, H, W) by task
+        label_png = palette_image(lab, palette)
+        atomic_write(out / f"{name}{suffix}.png", lambda f, im=label_png: im.save(f, format="PNG", compress_level=1),
                      flag="-o", fsync=False)
+        if overlay:
+            over = overlay_image(rgb, lab, palette, classes)
+            atomic_write(out / f"{name}{suffix}_overlay.png",
+                         lambda f, im=over: im.save(f, format="PNG", compress_level=1), flag="-o", fsync=False)

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import data as fdata
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint, task_extra
 from .config import TrainConfig
 from .distributed import (
     DistributedError,
@@ -32,7 +32,7 @@ from .distributed import (
     on_main,
 )
 from .engine import evaluate, set_train_mode, train_one_epoch
-from .models import build
+from .models import build, task_heads
 from .normalization import get_normalization
 from .outputs import OutputError, atomic_write, check_output_dir, free_bytes, remove_stale_temp_files
 from .precision import resolve_precision
@@ -257,8 +257,22 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def _metrics_line(s: int, last: int, m: Any, best: float) -> str:
+    others = "".join(f"; {t}: mean IU {100 * tm.mean_iu:.2f}, pixel acc {100 * tm.pixel_acc:.2f}"
+                     for t, tm in list(m.tasks.items())[1:])  # a multi-task net: the first task picks the best
     return (f"step {s}/{last}: val mean IU {100 * m.mean_iu:.2f}, pixel acc {100 * m.pixel_acc:.2f}, "
-            f"mean acc {100 * m.mean_acc:.2f}, f.w. IU {100 * m.fw_iu:.2f} (best mean IU {100 * best:.2f})")
+            f"mean acc {100 * m.mean_acc:.2f}, f.w. IU {100 * m.fw_iu:.2f} (best mean IU {100 * best:.2f}){others}")
+
+
+def _check_tasks(model: nn.Module, ds: fdata.SegmentationDataset, cfg: TrainConfig) -> None:
+    """A multi-task dataset needs a model with one head per task, of the same classes, and the reverse."""
+    heads = task_heads(model)
+    tasks = {t: len(names) for t, (names, _) in ds.tasks.items()} if ds.tasks else None
+    if heads != tasks:
+        what = ", ".join(f"{t} ({k} classes)" for t, k in tasks.items()) if tasks else "one task"
+        has = ", ".join(f"{t} ({k} classes)" for t, k in heads.items()) if heads else "one head"
+        fix = "a model with those heads (SIFT Flow: fcn16s_siftflow, fcn16s_siftflow_efficientnet_lite0)" if tasks \
+            else "a single-head model (e.g. fcn8s)"
+        raise ValueError(f"--dataset {cfg.dataset} labels {what}; --model {cfg.model} has {has}; fix: choose {fix}")
 
 
 def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False) -> Path:
@@ -287,6 +301,7 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
     norm = get_normalization(cfg.normalization or default_normalization(cfg.model, cfg.model_args))
     model_args = {"num_classes": len(classes), **cfg.model_args}
     model = build(cfg.model, **model_args)
+    _check_tasks(model, base, cfg)
     if cfg.init_from:
         init = load_checkpoint(cfg.init_from)
         copied, kept = model.init_from(init.state_dict)  # type: ignore[operator]
@@ -391,7 +406,7 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
         return Checkpoint(
             model_name=cfg.model, model_args=model_args, state_dict=evaluated.state_dict(), classes=list(classes),
             palette=list(palette), normalization=norm, ignore_index=ignore, config=cfg.to_dict(),
-            metrics=last_metrics, train_state=state,
+            metrics=last_metrics, extra=task_extra(base.tasks), train_state=state,
         )
 
     reached = {"step": step, "pos": start}  # the last finished step, for a stop that comes between steps
@@ -415,7 +430,9 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
             if main:
                 last_metrics = {"step": s, **m.to_dict()}
                 _log(out, writer, {"step": s, "val_pixel_acc": m.pixel_acc, "val_mean_acc": m.mean_acc,
-                                   "val_mean_iu": m.mean_iu, "val_fw_iu": m.fw_iu})
+                                   "val_mean_iu": m.mean_iu, "val_fw_iu": m.fw_iu,
+                                   **{f"val_{t}_{k}": getattr(tm, k) for t, tm in m.tasks.items()
+                                      for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")}})
                 improved = m.mean_iu > best
                 best = max(best, m.mean_iu)
                 bar.write(_metrics_line(s, last, m, best))
@@ -480,6 +497,9 @@ def _class_weights(ds: fdata.SegmentationDataset, mode: str, progress: bool) -> 
     """Median-frequency class weights over the training masks (``--class-weights median_freq``), or None."""
     if mode == "none":
         return None
+    if ds.tasks:
+        raise ValueError(f"--class-weights {mode} is for single-task datasets; {ds} has tasks "
+                         f"{', '.join(ds.tasks)}; fix: --class-weights none")
     from .losses import class_frequencies, median_frequency_weights
 
     def masks() -> Iterator[torch.Tensor]:

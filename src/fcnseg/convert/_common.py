@@ -9,9 +9,9 @@ from typing import Any
 
 from torch import nn
 
-from ..checkpoint import Checkpoint, save_checkpoint
+from ..checkpoint import Checkpoint, save_checkpoint, task_extra
 from ..classes import VOC_CLASSES, voc_palette
-from ..models import FCN, build
+from ..models import FCN, build, task_heads
 from ..normalization import Normalization
 
 __all__ = ["ConvertError", "VOC_CLASSES", "voc_palette", "class_table", "build_target", "write_checkpoint"]
@@ -60,8 +60,12 @@ def write_checkpoint(dst: PathLike, net: nn.Module, model: str, model_args: dict
                      ) -> Path:
     """Save ``net``'s weights as a self-describing fcnseg checkpoint at ``dst``; returns the path."""
     names, palette = class_table(model_args["num_classes"], classes)
+    heads = task_heads(net)  # a multi-task net: ``classes`` name the first task's; the others get class_i
+    tasks = {t: (names, palette) if i == 0 else class_table(k, None) for i, (t, k) in enumerate(heads.items())} \
+        if heads else None
     ckpt = Checkpoint(
         model_name=model, model_args=model_args, state_dict=net.state_dict(), classes=names, palette=palette,
-        normalization=normalization, extra={"converted_from": src.name, "source_format": source},
+        normalization=normalization,
+        extra={"converted_from": src.name, "source_format": source, **task_extra(tasks)},
     )
     return save_checkpoint(ckpt, dst)

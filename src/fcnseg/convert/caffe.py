@@ -321,7 +321,7 @@ def _load(net: FCN, layers: Mapping[str, list[np.ndarray]], types: Mapping[str, 
     # An FCN caffemodel (it has score_fr) must fill the whole model; an ImageNet classifier fills the trunk
     # and the head keeps the paper's initialisation.
     trunk = [n for n in targets if not n.startswith(("score", "upscore"))]
-    required = list(targets) if "score_fr" in present else trunk
+    required = list(targets) if any(n.startswith("score_fr") for n in present) else trunk  # _sem, _geo too
     missing = [n for n in required if n not in present]
     if missing:
         hint = "" if set(missing) & set(trunk) else (
@@ -390,7 +390,8 @@ def convert_caffemodel(
     net_layers = read_caffe_layers(src)
     layers = _by_name(net_layers, src)
     if num_classes is None:
-        score = layers.get("score_fr")
+        # score_fr, or a multi-task net's first head (the reference's SIFT Flow nets: score_fr_sem)
+        score = next((b for n, b in layers.items() if n.startswith("score_fr") and b), None)
         num_classes = int(score[0].shape[0]) if score else len(VOC_CLASSES)
     net, args = build_target(model, num_classes, model_args)
     _load(net, layers, {layer.name: layer.type for layer in net_layers}, model, src)

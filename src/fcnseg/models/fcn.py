@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal, Protocol
 
 import torch
@@ -16,7 +17,7 @@ from torch.nn import functional as F
 
 from .geometry import CoordMap, crop_offset, layer_map
 
-__all__ = ["FCN", "BilinearUpsample", "bilinear_kernel", "Encoder"]
+__all__ = ["FCN", "BilinearUpsample", "bilinear_kernel", "Encoder", "task_heads", "joined_logits", "head_labels"]
 
 
 class Encoder(Protocol):
@@ -95,17 +96,25 @@ class FCN(nn.Module):
 
     Args:
         encoder: a trunk returning ``fc7`` (and ``pool4``, ``pool3`` for strides 16 and 8).
-        num_classes: number of output classes.
+        num_classes: number of output classes; or a mapping from task name to its number of classes, for one
+            head per task over the shared encoder, as the reference's SIFT Flow net (section 5: semantic and
+            geometric labels). Each task's layers carry ``_<task>`` after the reference's names
+            (``score_fr_sem``, ``score_pool4_sem``, ``upscore2_sem``, ``upscore16_sem``; the same with
+            ``_geo``), and ``forward`` returns a dict of logits (N, K_task, H, W) in the mapping's order.
         stride: 32, 16 or 8: the finest feature the prediction fuses (section 4.2).
         learnable_upsampling: learn the upsampling kernels (the reference freezes them).
         skip_scales: multipliers on ``pool4`` and ``pool3`` before their score layers; the reference's
             at-once FCN-8s uses (0.01, 0.0001) so the skips start small relative to fc7.
+
+    Attributes:
+        heads: ``{task: classes}`` of a multi-task net, ``None`` for the single-head one.
+        offsets: crop offsets, keyed by the name of the layer whose output is cropped.
     """
 
     def __init__(
         self,
         encoder: nn.Module,
-        num_classes: int,
+        num_classes: int | Mapping[str, int],
         stride: Literal[32, 16, 8] = 32,
         *,
         learnable_upsampling: bool = False,
@@ -114,49 +123,59 @@ class FCN(nn.Module):
         super().__init__()
         if stride not in (32, 16, 8):
             raise ValueError(f"stride must be 32, 16 or 8, not {stride}")
-        if num_classes < 1:
+        self.heads: dict[str, int] | None = dict(num_classes) if isinstance(num_classes, Mapping) else None
+        classes = self.heads or {"": num_classes}
+        if not classes or any(not isinstance(k, int) or k < 1 for k in classes.values()):
             raise ValueError(f"num_classes must be positive, not {num_classes}")
         self.encoder = encoder
         self.num_classes, self.fcn_stride, self.skip_scales = num_classes, stride, skip_scales
-        chans, maps = encoder.out_channels, encoder.coord_maps()
-        learn = learnable_upsampling
-        self.score_fr = nn.Conv2d(chans["fc7"], num_classes, 1)
-        score_layers = [self.score_fr]
-        # Crop offsets, keyed by the name of the layer whose output is cropped.
+        self.final_name = {32: "upscore", 16: "upscore16", 8: "upscore8"}[stride]
         self.offsets: dict[str, int] = {}
+        for task, k in classes.items():
+            self._add_head(k, f"_{task}" if task else "", learnable_upsampling)
+
+    def _add_head(self, num_classes: int, suffix: str, learn: bool) -> None:
+        """Score, upsampling and skip layers of one head, named ``<reference name><suffix>``."""
+        chans, maps = self.encoder.out_channels, self.encoder.coord_maps()
+        score_fr = nn.Conv2d(chans["fc7"], num_classes, 1)
+        self.add_module("score_fr" + suffix, score_fr)
+        score_layers = [score_fr]
         m = maps["fc7"]
         skips = (("pool4", "score_pool4", "upscore2"), ("pool3", "score_pool3", "upscore_pool4"))
-        for skip, score_name, up_name in skips[: {32: 0, 16: 1, 8: 2}[stride]]:
+        for skip, score_name, up_name in skips[: {32: 0, 16: 1, 8: 2}[self.fcn_stride]]:
             score = nn.Conv2d(chans[skip], num_classes, 1)
-            self.add_module(score_name, score)
+            self.add_module(score_name + suffix, score)
             score_layers.append(score)
             up = _upsample_for(num_classes, 2, m, maps[skip], learn)
-            self.add_module(up_name, up)
+            self.add_module(up_name + suffix, up)
             m_up = m.then(layer_map(up))
             if m_up.shift >= maps[skip].shift:  # the upsampled map is larger: crop it to the skip
-                self.offsets[up_name] = crop_offset(m_up, maps[skip])
+                self.offsets[up_name + suffix] = crop_offset(m_up, maps[skip])
                 m = maps[skip]
             else:  # the skip is larger (VGG's padded trunk): crop it to the upsampled map
-                self.offsets[score_name] = crop_offset(maps[skip], m_up)
+                self.offsets[score_name + suffix] = crop_offset(maps[skip], m_up)
                 m = m_up
-        final = {32: "upscore", 16: "upscore16", 8: "upscore8"}[stride]
-        up = _upsample_for(num_classes, stride, m, CoordMap(), learn)  # stride -> input resolution
-        self.add_module(final, up)
-        self.final_name = final
-        self.offsets[final] = crop_offset(m.then(layer_map(up)), CoordMap())
+        up = _upsample_for(num_classes, self.fcn_stride, m, CoordMap(), learn)  # stride -> input resolution
+        self.add_module(self.final_name + suffix, up)
+        self.offsets[self.final_name + suffix] = crop_offset(m.then(layer_map(up)), CoordMap())
         for layer in score_layers:  # the reference starts the score layers at zero
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor | dict[str, Tensor]:
         feats = self.encoder(x)
-        h = self.score_fr(feats["fc7"])  # (N, K, H/32 + pad, W/32 + pad)
+        if self.heads is None:
+            return self._head(feats, x, "")  # (N, K, H, W)
+        return {task: self._head(feats, x, f"_{task}") for task in self.heads}  # task -> (N, K_task, H, W)
+
+    def _head(self, feats: dict[str, Tensor], x: Tensor, suffix: str) -> Tensor:
+        h = getattr(self, "score_fr" + suffix)(feats["fc7"])  # (N, K, H/32 + pad, W/32 + pad)
         if self.fcn_stride <= 16:
-            h = self._fuse(h, self._scaled(feats["pool4"], 0), "score_pool4", "upscore2")
+            h = self._fuse(h, self._scaled(feats["pool4"], 0), "score_pool4" + suffix, "upscore2" + suffix)
         if self.fcn_stride == 8:
-            h = self._fuse(h, self._scaled(feats["pool3"], 1), "score_pool3", "upscore_pool4")
-        h = getattr(self, self.final_name)(h)
-        return _crop(h, self.offsets[self.final_name], x)  # (N, K, H, W)
+            h = self._fuse(h, self._scaled(feats["pool3"], 1), "score_pool3" + suffix, "upscore_pool4" + suffix)
+        h = getattr(self, self.final_name + suffix)(h)
+        return _crop(h, self.offsets[self.final_name + suffix], x)  # (N, K, H, W)
 
     def _scaled(self, x: Tensor, i: int) -> Tensor:
         return x if self.skip_scales[i] == 1.0 else x * self.skip_scales[i]
@@ -188,3 +207,25 @@ class FCN(nn.Module):
                 else:
                     kept.append(name)
         return copied, kept
+
+
+def task_heads(model: nn.Module) -> dict[str, int] | None:
+    """``{task: classes}`` of a multi-task model (also inside DDP's wrapper), ``None`` for a single head."""
+    return getattr(getattr(model, "module", model), "heads", None)
+
+
+def joined_logits(out: Tensor | Mapping[str, Tensor]) -> Tensor:
+    """A model's output as one tensor: a multi-task dict's logits concatenated on the class axis, in task order.
+
+    Test-time averaging (flips, windows) is linear per channel, so it can run on the joined scores; split them
+    again with :func:`head_labels`.
+    """
+    return torch.cat(list(out.values()), dim=1) if isinstance(out, Mapping) else out
+
+
+def head_labels(scores: Tensor, heads: Mapping[str, int] | None, dim: int = 1) -> Tensor:
+    """Class labels of (joined) scores: the argmax over ``dim``, or for ``heads`` each task's argmax over its
+    own slice of ``dim``, stacked there (``(N, K_1 + K_2, H, W)`` -> ``(N, 2, H, W)`` with ``dim=1``)."""
+    if heads is None:
+        return scores.argmax(dim)
+    return torch.stack([s.argmax(dim) for s in scores.split(list(heads.values()), dim=dim)], dim=dim)

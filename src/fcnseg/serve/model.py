@@ -35,6 +35,14 @@ def check_engine(engine: str, onnx_file: str | None, precision: str) -> None:
         raise FileNotFoundError(f"--onnx {onnx_file}: no such file")
 
 
+def check_single_task(ck: Checkpoint) -> None:
+    """Raise ``ValueError`` (one line) for a multi-task checkpoint: the service answers one label map."""
+    if ck.heads:
+        raise ValueError(f"{ck.model_name} has {len(ck.heads)} heads ({', '.join(ck.heads)}): the service answers "
+                         f"one label map per image, so it serves single-task models only; use `fcnseg predict`, "
+                         f"which writes a map per task")
+
+
 def load_labeler(ck: Checkpoint, *, engine: str = "torch", onnx_file: str | None = None,
                  precision: str = "auto", threads: int = 0, tile_pixels: int = DEFAULT_TILE_PIXELS,
                  device: str = "cpu") -> Labeler:
@@ -47,6 +55,7 @@ def load_labeler(ck: Checkpoint, *, engine: str = "torch", onnx_file: str | None
     ``engine="torch"`` (labels come back on the CPU either way). Settings that cannot run raise as :func:`check_engine`.
     """
     check_engine(engine, onnx_file, precision)
+    check_single_task(ck)
     predictor = Predictor(ck, device=device, engine=engine, onnx_file=onnx_file, precision=precision,
                           tile_pixels=tile_pixels, threads=threads)
     return predictor.labels_batch

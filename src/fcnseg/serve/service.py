@@ -28,7 +28,7 @@ from .batcher import Batcher, BatcherClosed, BatchResult, QueueFull
 from .config import ServeConfig
 from .errors import ApiError
 from .metrics import Metrics
-from .model import Labeler, check_engine, load_labeler
+from .model import Labeler, check_engine, check_single_task, load_labeler
 
 __all__ = ["Service", "FORMATS", "choose_format"]
 
@@ -127,6 +127,7 @@ class Service:
             raise ValueError("--timeout must be > 0 and --max-wait-ms >= 0")
         self.cfg = cfg
         self.ck = load_checkpoint(cfg.checkpoint)
+        check_single_task(self.ck)
         if len(self.ck.classes) > 256:
             raise ValueError(f"{cfg.checkpoint}: {len(self.ck.classes)} classes; label PNGs hold at most 256")
         self.batcher: Batcher | None = None

@@ -1,0 +1,159 @@
+"""SIFT Flow (Liu, Yuen & Torralba 2011): 2,688 outdoor scenes, 256x256, semantic and geometric labels.
+
+The paper's multi-task experiment (arXiv:1411.4038, section 5, table 5) trains one net with two heads on it:
+33 semantic classes and 3 geometric ones (sky, horizontal, vertical). Layout and label encoding follow the
+reference's ``siftflow_layers.py`` (fcn.berkeleyvision.org)::
+
+    <root>/Images/spatial_envelope_256x256_static_8outdoorcategories/<id>.jpg
+    <root>/SemanticLabels/spatial_envelope_256x256_static_8outdoorcategories/<id>.mat   variable S: 0 void, 1-33
+    <root>/GeoLabels/spatial_envelope_256x256_static_8outdoorcategories/<id>.mat        variable S: -1 void, 1-3
+    <root>/trainval.txt, <root>/test.txt                                               ids, one a line
+
+As in the reference, labels are shifted down by one so the classes start at 0, and void (semantic 0,
+geometric -1 or 0) becomes the ignore label 255. The split lists (2,486 trainval and 200 test ids; the two
+images without annotations are in neither) ship in the package and are used when ``<root>`` has none.
+
+A sample's mask is a ``tv_tensors.Mask`` int64 (2, H, W): channel 0 the semantic labels (0-32, 255 void),
+channel 1 the geometric labels (0-2, 255 void). The joint transforms resample both channels together and
+``pad_collate`` stacks them to (N, 2, H, W); the two-headed nets (``fcn16s_siftflow``...) return
+``{"sem": ..., "geo": ...}`` logits in the same order, which the loss sums (as the reference does).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from scipy.io import loadmat
+
+from ..classes import voc_palette
+from ..io import DataError
+from ..normalization import Normalization, register_normalization
+from .base import IGNORE_INDEX, SegmentationDataset, Transforms, read_ids, require_dir
+
+__all__ = ["SIFTFLOW_CLASSES", "SIFTFLOW_GEO_CLASSES", "SIFTFLOW_TASKS", "CAFFE_SIFTFLOW", "siftflow_ids",
+           "SIFTFlow"]
+
+SIFTFLOW_CLASSES = [
+    "awning", "balcony", "bird", "boat", "bridge", "building", "bus", "car", "cow", "crosswalk", "desert", "door",
+    "fence", "field", "grass", "moon", "mountain", "person", "plant", "pole", "river", "road", "rock", "sand",
+    "sea", "sidewalk", "sign", "sky", "staircase", "streetlight", "sun", "tree", "window",
+]
+"""The 33 semantic classes, labels 0-32 (the .mat files' 1-33)."""
+
+SIFTFLOW_GEO_CLASSES = ["sky", "horizontal", "vertical"]
+"""The 3 geometric classes, labels 0-2 (the .mat files' 1-3)."""
+
+SIFTFLOW_TASKS = ("sem", "geo")
+"""Task names, in the order of the mask's channels and of the two-headed nets' outputs."""
+
+# The reference's SIFT Flow data layer: BGR, 0-255, minus this dataset's mean pixel (B, G, R).
+CAFFE_SIFTFLOW = register_normalization(
+    Normalization("caffe_siftflow", mean=(114.578, 115.294, 108.353), bgr=True, scale=255.0))
+
+_SUBDIR = "spatial_envelope_256x256_static_8outdoorcategories"
+_SHIPPED_SPLITS = ("trainval", "test")
+_GEO_PALETTE = [(70, 130, 180), (128, 64, 128), (220, 180, 40)]  # sky blue, ground purple, upright ochre
+
+
+def siftflow_ids(split: str) -> list[str]:
+    """The reference's SIFT Flow ids of ``split`` (``"trainval"``: 2,486, ``"test"``: 200), from the package."""
+    if split not in _SHIPPED_SPLITS:
+        raise ValueError(f"SIFT Flow ships splits {', '.join(_SHIPPED_SPLITS)}, not {split!r}")
+    text = resources.files("fcnseg.data").joinpath(f"splits/siftflow_{split}.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+class SIFTFlow(SegmentationDataset):
+    """SIFT Flow in the reference's layout (see the module docstring); masks (2, H, W): semantic, geometric.
+
+    ``classes`` and ``palette`` are the semantic task's (the first); :attr:`tasks` holds both tasks' names
+    and colours.
+
+    Args:
+        root: the SIFT Flow folder (holding ``Images/``, ``SemanticLabels/``, ``GeoLabels/``).
+        split: ``"trainval"`` or ``"test"`` (``<root>/<split>.txt`` if present, else the shipped list), or any
+            ``<root>/<split>.txt``.
+        transforms: optional ``transforms(image, mask) -> (image, mask)``, applied to both channels at once.
+    """
+
+    def __init__(self, root: str | Path, split: str = "trainval", transforms: Transforms | None = None):
+        self.root = require_dir(Path(root), "SIFT Flow dataset", "pass the SIFT Flow folder (with Images/, "
+                                "SemanticLabels/, GeoLabels/)")
+        fix = f"pass the SIFT Flow folder with {{}}/{_SUBDIR}/ in it"
+        images = require_dir(self.root / "Images" / _SUBDIR, "SIFT Flow images", fix.format("Images"))
+        sem = require_dir(self.root / "SemanticLabels" / _SUBDIR, "SIFT Flow semantic labels",
+                          fix.format("SemanticLabels"))
+        self.geo_dir = require_dir(self.root / "GeoLabels" / _SUBDIR, "SIFT Flow geometric labels",
+                                   fix.format("GeoLabels"))
+        split_file = self.root / f"{split}.txt"
+        if split_file.is_file() or split not in _SHIPPED_SPLITS:
+            ids = read_ids(split_file, f"use split {' or '.join(_SHIPPED_SPLITS)} (shipped), or write {split_file}")
+            source = str(split_file)
+        else:
+            ids, source = siftflow_ids(split), f"fcnseg's SIFT Flow {split} list"
+        samples = []
+        for i in ids:
+            image = images / f"{i}.jpg"
+            if not image.is_file():
+                raise DataError(f"{image}: image of id {i!r} listed in {source} not found; fix: restore the file "
+                                f"or remove the id from the split")
+            samples.append((image, sem / f"{i}.mat"))
+        self.tasks = {"sem": (SIFTFLOW_CLASSES, voc_palette(len(SIFTFLOW_CLASSES) + 1)[1:]),
+                      "geo": (SIFTFLOW_GEO_CLASSES, _GEO_PALETTE)}
+        super().__init__(samples, *self.tasks["sem"], transforms)
+
+    def geo_path(self, sem_path: Path) -> Path:
+        """The geometric label file of the sample whose semantic label file is ``sem_path``."""
+        return self.geo_dir / sem_path.name
+
+    def sample_files(self, sample: tuple[Path, Path]) -> tuple[Path, ...]:
+        return (*sample, self.geo_path(sample[1]))
+
+    def mask_size(self, path: Path) -> tuple[int, int] | None:
+        return None  # a .mat file has no image header: only decoding tells its size
+
+    def load_mask(self, path: Path) -> np.ndarray:
+        """Stacked labels (2, H, W): semantic (0-32) and geometric (0-2), void 255, each file checked."""
+        sem = _read_labels(path, "semantic", len(SIFTFLOW_CLASSES), void=(0,))
+        geo_path = self.geo_path(path)
+        geo = _read_labels(geo_path, "geometric", len(SIFTFLOW_GEO_CLASSES), void=(-1, 0))
+        if sem.shape != geo.shape:
+            raise DataError(f"{geo_path}: geometric labels are {geo.shape[1]}x{geo.shape[0]} (WxH) but the semantic "
+                            f"ones {path} are {sem.shape[1]}x{sem.shape[0]}; fix: re-extract both from the SIFT "
+                            f"Flow archive")
+        return np.stack([sem, geo])
+
+    def _check_labels(self, labels: np.ndarray, mask_path: Path) -> None:
+        pass  # load_mask checks each file's values against its own task's classes
+
+    def _fingerprint(self) -> dict[str, object]:
+        return {**super()._fingerprint(), "tasks": SIFTFLOW_TASKS}
+
+
+def _read_labels(path: Path, what: str, num_classes: int, void: tuple[int, ...]) -> np.ndarray:
+    """Variable ``S`` of a SIFT Flow label file as int64 labels: value ``v`` becomes class ``v - 1``, the
+    ``void`` values the ignore label 255 (the reference's shift, which wraps 0 to 255 in uint8)."""
+    if not path.is_file():
+        raise DataError(f"{path}: {what} label file not found; fix: restore it from the SIFT Flow archive")
+    try:
+        raw = loadmat(path)["S"]
+    except KeyError:
+        raise DataError(f"{path}: no variable S in this .mat file; fix: re-extract the file from the SIFT Flow "
+                        f"archive") from None
+    except Exception as e:  # scipy raises many types on corrupt files: ValueError, OSError, zlib.error...
+        raise DataError(f"{path}: cannot read the {what} labels ({type(e).__name__}: {e}); fix: re-extract the file "
+                        f"from the SIFT Flow archive") from e
+    raw = np.asarray(raw)
+    if raw.ndim != 2 or raw.dtype.kind not in "iuf" or (raw.dtype.kind == "f" and not np.all(raw == np.round(raw))):
+        raise DataError(f"{path}: S is {raw.dtype} of shape {raw.shape}, expected 2-D integer labels; fix: "
+                        f"re-extract the file from the SIFT Flow archive")
+    raw = raw.astype(np.int64)
+    is_void = np.isin(raw, void)
+    bad = ~is_void & ((raw < 1) | (raw > num_classes))
+    if bad.any():
+        values = ", ".join(str(v) for v in np.unique(raw[bad])[:8])
+        raise DataError(f"{path}: {what} label values {values} are neither a class (1..{num_classes}) nor void "
+                        f"({' or '.join(map(str, void))}); fix: re-extract the file from the SIFT Flow archive")
+    return np.where(is_void, IGNORE_INDEX, raw - 1)
