@@ -2,7 +2,8 @@
 
 ``build_dataset(kind, root, split)`` with ``kind`` in :data:`DATASETS`: ``"voc"`` (PASCAL VOC, including the
 paper's ``seg11valid``), ``"sbd"`` (SBD, including the paper's training set ``train_noval``),
-``"camvid"`` (SegNet's CamVid) and ``"folder"`` (``images/`` + ``masks/``). Bad files raise
+``"camvid"`` (SegNet's CamVid), ``"folder"`` (``images/`` + ``masks/``), and the paper's section 5 sets
+``"nyud"`` (NYUDv2: colour, depth, HHA) and ``"pascal_context"`` (PASCAL-Context's 59 classes). Bad files raise
 :class:`DataError`, whose message names the file and the fix; ``dataset.validate(skip_bad=True)`` drops them.
 """
 
@@ -15,6 +16,8 @@ from typing import Any
 from .base import IGNORE_INDEX, DataError, SegmentationDataset, Transforms, read_image
 from .camvid import CAMVID_CLASSES, CAMVID_PALETTE, CamVid
 from .folder import FolderSegmentation
+from .nyud import NYUD_CLASSES, NYUD_MODALITIES, NYUDv2, encode_log_depth
+from .pascal_context import PASCAL_CONTEXT_59, PascalContext
 from .transforms import RandomScale, eval_transforms, pad_collate, train_transforms
 from .voc import VOC_CLASSES, SBDSegmentation, VOCSegmentation, seg11valid_ids, voc_palette
 
@@ -22,7 +25,8 @@ __all__ = [
     "IGNORE_INDEX", "DataError", "SegmentationDataset", "Transforms", "read_image", "VOCSegmentation",
     "SBDSegmentation", "CamVid", "FolderSegmentation", "VOC_CLASSES", "CAMVID_CLASSES", "CAMVID_PALETTE",
     "voc_palette", "seg11valid_ids", "DATASETS", "build_dataset", "RandomScale", "train_transforms",
-    "eval_transforms", "pad_collate",
+    "eval_transforms", "pad_collate", "NYUDv2", "NYUD_CLASSES", "NYUD_MODALITIES", "encode_log_depth",
+    "PascalContext", "PASCAL_CONTEXT_59",
 ]
 
 DATASETS: dict[str, type[SegmentationDataset]] = {
@@ -30,6 +34,8 @@ DATASETS: dict[str, type[SegmentationDataset]] = {
     "sbd": SBDSegmentation,
     "camvid": CamVid,
     "folder": FolderSegmentation,
+    "nyud": NYUDv2,
+    "pascal_context": PascalContext,
 }
 
 

@@ -2,7 +2,8 @@
 
 The paper's networks (arXiv:1411.4038): ``fcn32s``, ``fcn16s``, ``fcn8s`` (staged), ``fcn8s_atonce``
 (section 4.2, the reference's at-once net) and ``fcn_alexnet``; modern encoders are registered by
-:mod:`fcnseg.models.backbones`.
+:mod:`fcnseg.models.backbones`, the NYUDv2 multi-modal nets (RGB-D early fusion, RGB-HHA late fusion) by
+:mod:`fcnseg.models.fusion`.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def build(name: str, **kwargs: Any) -> nn.Module:
 
 
 def _load_backbones() -> None:
-    # Imported lazily: timm is only needed for the modern-encoder variants.
-    from . import backbones  # noqa: F401
+    # Imported lazily: timm is only needed for the modern-encoder variants (and the fusion nets over them).
+    from . import backbones, fusion  # noqa: F401
 
 
 @register
