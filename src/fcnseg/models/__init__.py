@@ -16,11 +16,11 @@ from torch import nn
 
 from .fcn import FCN, BilinearUpsample, bilinear_kernel
 from .geometry import CoordMap, coord_map, crop_offset
-from .vgg import AlexNetTrunk, VGG16Trunk, convolutionalize_vgg16
+from .vgg import AlexNetTrunk, VGG16Trunk, convolutionalize_vgg16, widen_input_filters
 
 __all__ = [
     "FCN", "BilinearUpsample", "bilinear_kernel", "CoordMap", "coord_map", "crop_offset", "VGG16Trunk",
-    "AlexNetTrunk", "convolutionalize_vgg16", "build", "list_models", "register",
+    "AlexNetTrunk", "convolutionalize_vgg16", "widen_input_filters", "build", "list_models", "register",
     "fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce", "fcn_alexnet",
 ]
 
