@@ -186,7 +186,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
-    sub.add_parser("models", help="list the registered models")
+    p = sub.add_parser("models", help="the registered models, and the paper's results with their commands")
+    p.add_argument("--names", action="store_true", help="only the registered names, one a line")
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -369,8 +370,9 @@ def _convert(a: argparse.Namespace) -> int:
 
 def _models(a: argparse.Namespace) -> int:
     from .models import list_models
+    from .models.zoo import models_table
 
-    print("\n".join(list_models()))
+    print("\n".join(list_models()) if a.names else models_table())
     return 0
 
 
