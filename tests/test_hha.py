@@ -155,3 +155,22 @@ def test_camera_from_matrix():
     assert Camera.from_matrix(k) == Camera(518.8, 519.4, 325.5, 253.7)
     with pytest.raises(ValueError, match="3x3"):
         Camera.from_matrix([[1, 2], [3, 4]])
+
+
+def test_hha_command_encodes_depth_pngs(tmp_path):
+    from PIL import Image
+
+    from fcnseg.cli import main
+
+    depth, _, _, _ = scene()
+    mm = np.round(depth * 1000).astype(np.uint16)
+    src = tmp_path / "img_5001.png"
+    Image.fromarray(mm).save(src)
+    args = ["hha", str(src), "-o", str(tmp_path / "hha"), "--fx", str(F), "--fy", str(F), "--cx", str(CAMERA.cx),
+            "--cy", str(CAMERA.cy)]
+    assert main(args) == 0
+    written = np.asarray(Image.open(tmp_path / "hha" / "img_5001.png"))
+    np.testing.assert_array_equal(written, hha_encode(mm / 1000.0, CAMERA))
+    assert main(args) == 2  # outputs exist: refused without --overwrite
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "colour.png")
+    assert main(["hha", str(tmp_path / "colour.png"), "-o", str(tmp_path / "x")]) == 2  # not a depth map

@@ -52,3 +52,14 @@ def test_models_command_prints_the_table(capsys):
     assert out.count(NOT_RUN) == len(PAPER_RESULTS)
     assert main(["models", "--names"]) == 0
     assert capsys.readouterr().out.split() == list_models()
+
+
+def test_readme_gives_the_same_commands_and_numbers():
+    from conftest import REPO
+
+    readme = " ".join((REPO / "README.md").read_text().split())
+    for r in PAPER_RESULTS:
+        if r.dataset.startswith(("NYUDv2", "PASCAL-Context")):  # the README's "paper's other experiments"
+            tail = r.command[r.command.index("--dataset-arg modality") if "modality" in r.command
+                             else r.command.index("--model"):]
+            assert f"| {r.metrics()} | `{tail}` |" in readme, r

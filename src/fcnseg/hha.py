@@ -36,12 +36,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 __all__ = ["Camera", "NYUD_CAMERA", "HHA", "point_cloud", "surface_normals", "estimate_gravity", "compute_hha",
-           "hha_encode"]
+           "hha_encode", "encode_depth_files"]
 
 
 @dataclass(frozen=True)
@@ -205,3 +206,27 @@ def hha_encode(depth_m: np.ndarray, camera: Camera, *, missing: np.ndarray | Non
     """
     return compute_hha(depth_m, camera, missing=missing, normal_radius=normal_radius,
                        gravity_radius=gravity_radius).to_uint8()
+
+
+def encode_depth_files(paths: Sequence[str | Path], out_dir: str | Path, camera: Camera = NYUD_CAMERA, *,
+                       depth_scale: float = 1000.0, overwrite: bool = False) -> list[Path]:
+    """Write ``<out_dir>/<name>.png``, the HHA image of each depth PNG in ``paths`` (``fcnseg hha``).
+
+    Depth files are read by :func:`fcnseg.io.read_depth` (16-bit PNGs; ``depth_scale`` units a metre, 1000 for
+    millimetres as NYUDv2 stores them). Existing outputs are refused unless ``overwrite``, before any work.
+    """
+    from PIL import Image
+
+    from .io import read_depth
+
+    out = Path(out_dir)
+    targets = [out / f"{Path(p).stem}.png" for p in paths]
+    existing = [t for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} exists ({len(existing)} outputs do); fix: pass --overwrite or "
+                              "choose another -o")
+    out.mkdir(parents=True, exist_ok=True)
+    for src, dst in zip(paths, targets, strict=True):
+        depth_m = read_depth(src) / depth_scale
+        Image.fromarray(hha_encode(depth_m, camera)).save(dst)
+    return targets

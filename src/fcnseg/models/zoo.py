@@ -103,15 +103,12 @@ PAPER_RESULTS: tuple[PaperResult, ...] = (
                 f"{_PAPER} --dataset siftflow --model fcn16s_siftflow --init-from runs/siftflow_fcn32s/best.pt "
                 "--out runs/siftflow_fcn16s"),
     # PASCAL-Context, 59 classes + background (PAMI 2016): VOC2010 val (5,105 images).
-    PaperResult("fcn32s", "PASCAL-Context val (5105), 59 classes", "PAMI 2016, PASCAL-Context table, FCN-32s", 65.5, 49.1, 36.7,
-                50.9, f"{_CONTEXT} --normalization caffe --model fcn32s --init-from runs/vgg16.pt "
-                "--out runs/context_fcn32s"),
-    PaperResult("fcn16s", "PASCAL-Context val (5105), 59 classes", "PAMI 2016, PASCAL-Context table, FCN-16s", 66.9, 51.3, 38.4,
-                52.3, f"{_CONTEXT} --normalization caffe --model fcn16s --init-from runs/context_fcn32s/best.pt "
-                "--out runs/context_fcn16s"),
-    PaperResult("fcn8s", "PASCAL-Context val (5105), 59 classes", "PAMI 2016, PASCAL-Context table, FCN-8s", 67.5, 52.3, 39.1,
-                53.0, f"{_CONTEXT} --normalization caffe --model fcn8s --init-from runs/context_fcn16s/best.pt "
-                "--out runs/context_fcn8s"),
+    *(PaperResult(model, "PASCAL-Context val (5105), 59 classes", f"PAMI 2016, PASCAL-Context table, {row}", *paper,
+                  f"{_CONTEXT} --normalization caffe --model {model} --init-from {init} --out runs/context_{model}")
+      for model, row, paper, init in (
+          ("fcn32s", "FCN-32s", (65.5, 49.1, 36.7, 50.9), "runs/vgg16.pt"),
+          ("fcn16s", "FCN-16s", (66.9, 51.3, 38.4, 52.3), "runs/context_fcn32s/best.pt"),
+          ("fcn8s", "FCN-8s", (67.5, 52.3, 39.1, 53.0), "runs/context_fcn16s/best.pt"))),
 )
 
 
