@@ -415,11 +415,12 @@ def test_check_on_real_sample(data_root: Path) -> None:
 
 
 def test_build_dataset(data_root: Path) -> None:
-    assert list(fdata.DATASETS) == ["voc", "sbd", "camvid", "folder", "siftflow"]
+    assert list(fdata.DATASETS) == ["voc", "sbd", "camvid", "folder", "siftflow", "nyud", "pascal_context"]
     ds = build_dataset("camvid", data_root / "camvid", "val", transforms=fdata.train_transforms(64))
     assert isinstance(ds, fdata.CamVid) and len(ds) == 101
     image, mask = ds[0]
     assert image.shape == (3, 64, 64) and mask.shape == (64, 64)
-    with pytest.raises(ValueError, match="unknown dataset kind 'coco'; available: voc, sbd, camvid, folder"):
+    with pytest.raises(ValueError, match="unknown dataset kind 'coco'; available: voc, sbd, camvid, folder, nyud, "
+                                         "pascal_context"):
         build_dataset("coco", data_root, "train")
     assert issubclass(DataError, ValueError)

@@ -12,6 +12,8 @@ from conftest import TINY
 PAPER_NETS = ["fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce", "fcn_alexnet"]
 # Two-headed nets (section 5, SIFT Flow): a dict of logits, one per task.
 MULTITASK_NETS = [n for n in list_models() if "siftflow" in n]
+# The paper's nets with another input: NYUDv2's RGB-D early fusion and RGB-HHA late fusion (Table 4).
+MULTIMODAL_NETS = ["fcn32s_rgbd", "fcn32s_rgb_hha", "fcn16s_rgb_hha"]
 
 # A spread of sizes from 1 to 1024 pixels a side: tiny, odd, around the strides, large.
 SIZES = [(1, 1), (2, 3), (5, 5), (7, 16), (31, 32), (33, 33), (63, 65), (100, 37), (127, 1), (224, 224),
@@ -20,11 +22,17 @@ SIZES = [(1, 1), (2, 3), (5, 5), (7, 16), (31, 32), (33, 33), (63, 65), (100, 37
 
 def tiny(name: str, **kw) -> FCN:
     """The smallest instance of a registry entry: the paper's nets at ``TINY`` width, the encoders as they are."""
-    if name in PAPER_NETS or name.endswith("_siftflow"):
+    if name in PAPER_NETS + MULTIMODAL_NETS or name.endswith("_siftflow"):
         kw["width"] = TINY
     elif name == "fcn_timm":
         kw["encoder"] = "resnet18"
     return build(name, **kw).eval()
+
+
+def input_channels(model: torch.nn.Module) -> int:
+    """Channels a model reads: its ``in_channels`` (late fusion), else its first convolution's."""
+    return getattr(model, "in_channels", None) or next(m for m in model.modules()
+                                                       if isinstance(m, torch.nn.Conv2d)).in_channels
 
 
 def test_registry_lists_the_paper_nets():
@@ -57,12 +65,13 @@ def test_alexnet_upsampling_kernel_is_63():
         assert build("fcn32s").upscore.kernel_size == 64
 
 
-@pytest.mark.parametrize("name", PAPER_NETS)
+@pytest.mark.parametrize("name", PAPER_NETS + MULTIMODAL_NETS)
 def test_output_size_equals_input_size(name):
-    model = tiny(name)
+    model = tiny(name, num_classes=21)
+    c = input_channels(model)
     with torch.no_grad():
         for h, w in SIZES:
-            y = model(torch.randn(1, 3, h, w))
+            y = model(torch.randn(1, c, h, w))
             assert y.shape == (1, 21, h, w), (h, w)
 
 
@@ -97,7 +106,7 @@ def test_forward_backward(name):
         for n, p in model.named_parameters():
             if n.startswith("score") or not p.any():
                 p.normal_(0, 0.1)
-    x = torch.randn(2, 3, 45, 61)
+    x = torch.randn(2, input_channels(model), 45, 61)
     out = model(x)
     heads = model.heads or {"": 5}  # a multi-task net returns a dict of logits, one per head
     outs = out if model.heads else {"": out}

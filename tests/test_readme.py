@@ -76,7 +76,7 @@ def test_every_readme_command_runs_as_written(data_root: Path, tmp_path: Path) -
 
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "predict", "export", "convert", "serve"])
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "export", "convert", "serve", "hha", "models"])
 def test_every_flag_has_help(command: str) -> None:
     r = subprocess.run([sys.executable, "-m", "fcnseg", command, "--help"], capture_output=True, text=True,
                        timeout=120)

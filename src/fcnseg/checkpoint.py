@@ -27,7 +27,8 @@ from .models import build
 from .normalization import Normalization, get_normalization
 from .outputs import atomic_write
 
-__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "CheckpointError", "task_extra"]
+__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "CheckpointError", "task_extra",
+           "load_init_weights"]
 
 TaskTables = dict[str, tuple[list[str], list[tuple[int, int, int]]]]
 """``{task: (class names, palette)}`` of a multi-task model, in the order of its heads."""
@@ -127,3 +128,22 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         config=d.get("config"), train_state=d.get("train_state"), metrics=d.get("metrics"),
         extra=d.get("extra") or {},
     )
+
+
+def load_init_weights(spec: str) -> tuple[dict[str, torch.Tensor], Normalization | None]:
+    """The weights ``--init-from`` names, and the input normalisation they imply.
+
+    ``spec`` is one checkpoint (its state dict and normalisation), or several merged under name prefixes,
+    ``color=runs/rgb/best.pt,hha=runs/hha/best.pt`` (tensors as ``color.<name>``, ``hha.<name>``; no
+    normalisation implied): the reference initialises its late-fusion RGB-HHA net from trained RGB and HHA nets.
+    """
+    if Path(spec).is_file() or "=" not in spec:
+        ck = load_checkpoint(spec)
+        return ck.state_dict, ck.normalization
+    merged: dict[str, torch.Tensor] = {}
+    for part in filter(None, spec.split(",")):
+        prefix, sep, path = part.partition("=")
+        if not sep or not prefix or not path:
+            raise ValueError(f"--init-from {spec!r}: expected a checkpoint, or NAME=CHECKPOINT,NAME=CHECKPOINT")
+        merged.update({f"{prefix}.{k}": v for k, v in load_checkpoint(path).state_dict.items()})
+    return merged, None

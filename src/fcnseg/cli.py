@@ -210,7 +210,33 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
-    sub.add_parser("models", help="list the registered models")
+    p = sub.add_parser("models", help="the registered models, and the paper's results with their commands")
+    p.add_argument("--names", action="store_true", help="only the registered names, one a line")
+
+
+def _add_hha(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("hha", help="encode depth maps as HHA images (Gupta et al., ECCV 2014)",
+                       description="Write <out>/<stem>.png, the HHA image (horizontal disparity, height above the "
+                       "lowest point, angle with gravity) of each 16-bit depth PNG, as the paper's NYUDv2 nets read "
+                       "them (fcnseg.hha). Intrinsics: NYUDv2's Kinect unless --fx/--fy/--cx/--cy are given.")
+    p.add_argument("depth", nargs="+", help="depth PNGs (16-bit, --depth-scale units a metre)")
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--depth-scale", type=float, default=1000.0, help="depth units a metre (default: 1000, mm)")
+    for k in ("fx", "fy", "cx", "cy"):
+        p.add_argument(f"--{k}", type=float, default=None, help=f"camera {k} in pixels (default: NYUDv2's)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
+def _hha(a: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .hha import NYUD_CAMERA, encode_depth_files
+
+    given = {k: getattr(a, k) for k in ("fx", "fy", "cx", "cy") if getattr(a, k) is not None}
+    written = encode_depth_files(a.depth, a.out, replace(NYUD_CAMERA, **given), depth_scale=a.depth_scale,
+                                 overwrite=a.overwrite)
+    print(f"wrote {len(written)} HHA images to {a.out}")
+    return 0
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -392,14 +418,15 @@ def _convert(a: argparse.Namespace) -> int:
 
 def _models(a: argparse.Namespace) -> int:
     from .models import list_models
+    from .models.zoo import models_table
 
-    print("\n".join(list_models()))
+    print("\n".join(list_models()) if a.names else models_table())
     return 0
 
 
 COMMANDS = {"train": (_add_train, _train), "eval": (_add_eval, _eval), "predict": (_add_predict, _predict),
             "export": (_add_export, _export), "convert": (_add_convert, _convert),
-            "models": (_add_models, _models), "serve": (_add_serve, _serve)}
+            "models": (_add_models, _models), "serve": (_add_serve, _serve), "hha": (_add_hha, _hha)}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,7 +32,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "DataError", "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageHeader", "read_image", "read_image_array",
-    "open_image", "open_mask", "read_header", "to_rgb8", "is_image_file", "clean_error_message",
+    "open_image", "open_mask", "read_depth", "read_header", "to_rgb8", "is_image_file", "clean_error_message",
 ]
 
 log = logging.getLogger(__name__)
@@ -285,6 +285,19 @@ def read_image(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch
 def open_mask(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode a mask upright, first frame, in its own mode (values are labels: never rescaled)."""
     return _decode(source, "mask", max_pixels)
+
+
+def read_depth(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Raw values (H, W) int32 of a single-channel depth map (16-bit PNG in millimetres, as NYUDv2 ships it).
+
+    Read like a mask (upright, first frame, budget checked, never rescaled); colour files are refused with a
+    :class:`DataError` naming the file, since their values are not depths.
+    """
+    im = open_mask(source, max_pixels=max_pixels)
+    if im.mode not in ("I;16", "I;16B", "I;16L", "I", "L"):
+        raise DataError(f"{_name(source)}: depth map has mode {im.mode}, expected one channel (16-bit grey PNG in "
+                        "millimetres); fix: save the raw depth values as a 16-bit PNG")
+    return np.asarray(im).astype(np.int32)
 
 
 def unsupported(paths: Iterable[Path]) -> list[Path]:

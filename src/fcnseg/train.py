@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import data as fdata
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint, task_extra
+from .checkpoint import Checkpoint, load_checkpoint, load_init_weights, save_checkpoint, task_extra
 from .config import TrainConfig
 from .distributed import (
     DistributedError,
@@ -303,11 +303,11 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
     model = build(cfg.model, **model_args)
     _check_tasks(model, base, cfg)
     if cfg.init_from:
-        init = load_checkpoint(cfg.init_from)
-        copied, kept = model.init_from(init.state_dict)  # type: ignore[operator]
+        init_state, init_norm = load_init_weights(cfg.init_from)  # one checkpoint, or NAME=PATH,... merged
+        copied, kept = model.init_from(init_state)  # type: ignore[operator]
         log.info("init from %s: %d tensors copied, left as initialised: %s", cfg.init_from, len(copied), kept)
-        if not cfg.normalization:  # the weights carry their input contract (e.g. Caffe's BGR 0-255)
-            norm = init.normalization
+        if not cfg.normalization and init_norm is not None:  # the weights carry their input contract
+            norm = init_norm
     if cfg.freeze_encoder:
         model.encoder.requires_grad_(False)  # type: ignore[union-attr]
     model.to(device)

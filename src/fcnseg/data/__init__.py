@@ -2,8 +2,9 @@
 
 ``build_dataset(kind, root, split)`` with ``kind`` in :data:`DATASETS`: ``"voc"`` (PASCAL VOC, including the
 paper's ``seg11valid``), ``"sbd"`` (SBD, including the paper's training set ``train_noval``),
-``"camvid"`` (SegNet's CamVid), ``"siftflow"`` (SIFT Flow: semantic and geometric masks stacked (2, H, W))
-and ``"folder"`` (``images/`` + ``masks/``). Bad files raise
+``"camvid"`` (SegNet's CamVid), ``"folder"`` (``images/`` + ``masks/``), and the paper's section 5 sets
+``"siftflow"`` (SIFT Flow: semantic and geometric masks stacked (2, H, W)), ``"nyud"`` (NYUDv2: colour,
+depth, HHA) and ``"pascal_context"`` (PASCAL-Context's 59 classes). Bad files raise
 :class:`DataError`, whose message names the file and the fix; ``dataset.validate(skip_bad=True)`` drops them.
 """
 
@@ -16,6 +17,8 @@ from typing import Any
 from .base import IGNORE_INDEX, DataError, SegmentationDataset, Transforms, read_image
 from .camvid import CAMVID_CLASSES, CAMVID_PALETTE, CamVid
 from .folder import FolderSegmentation
+from .nyud import NYUD_CLASSES, NYUD_MODALITIES, NYUDv2, encode_log_depth
+from .pascal_context import PASCAL_CONTEXT_59, PascalContext
 from .siftflow import SIFTFLOW_CLASSES, SIFTFLOW_GEO_CLASSES, SIFTFlow
 from .transforms import RandomScale, eval_transforms, pad_collate, train_transforms
 from .voc import VOC_CLASSES, SBDSegmentation, VOCSegmentation, seg11valid_ids, voc_palette
@@ -25,6 +28,8 @@ __all__ = [
     "SBDSegmentation", "CamVid", "FolderSegmentation", "VOC_CLASSES", "CAMVID_CLASSES", "CAMVID_PALETTE",
     "voc_palette", "seg11valid_ids", "DATASETS", "build_dataset", "RandomScale", "train_transforms",
     "eval_transforms", "pad_collate", "SIFTFlow", "SIFTFLOW_CLASSES", "SIFTFLOW_GEO_CLASSES",
+    "eval_transforms", "pad_collate", "NYUDv2", "NYUD_CLASSES", "NYUD_MODALITIES", "encode_log_depth",
+    "PascalContext", "PASCAL_CONTEXT_59",
 ]
 
 DATASETS: dict[str, type[SegmentationDataset]] = {
@@ -33,6 +38,8 @@ DATASETS: dict[str, type[SegmentationDataset]] = {
     "camvid": CamVid,
     "folder": FolderSegmentation,
     "siftflow": SIFTFlow,
+    "nyud": NYUDv2,
+    "pascal_context": PascalContext,
 }
 
 

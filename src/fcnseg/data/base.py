@@ -76,7 +76,8 @@ class CheckReport:
 
 
 class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
-    """``(image, mask)`` pairs: ``Image`` uint8 (3, H, W) RGB and ``Mask`` int64 (H, W), 255 = ignore.
+    """``(image, mask)`` pairs: ``Image`` uint8 (3, H, W) RGB (or more channels, see :meth:`load_image`) and
+    ``Mask`` int64 (H, W), 255 = ignore.
 
     Subclasses collect ``samples`` and implement :meth:`load_mask`; this class decodes (through
     :mod:`fcnseg.io`), validates and applies ``transforms(image, mask)``.
@@ -149,6 +150,11 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
         for datasets whose mask path stands for several label files, those too."""
         return sample
 
+    def load_image(self, path: Path) -> torch.Tensor:
+        """Decode the input of the sample whose image file is ``path``: uint8 (C, H, W), RGB unless the dataset
+        adds channels (NYUDv2's depth or HHA, read from files beside it)."""
+        return read_image(path, max_pixels=self.max_pixels)
+
     def mask_size(self, path: Path) -> tuple[int, int] | None:
         """The mask's displayed ``(width, height)`` from its header, or None when only decoding tells."""
         return read_header(path, max_pixels=self.max_pixels, what="mask").size
@@ -166,7 +172,7 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
     def _load(self, i: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         image_path, mask_path = self.samples[i]
         _require_mask(image_path, mask_path)
-        image = read_image(image_path, max_pixels=self.max_pixels)  # (3, H, W) uint8
+        image = self.load_image(image_path)  # (C, H, W) uint8
         labels = self.load_mask(mask_path)  # (H, W), or (T, H, W) for T tasks
         if tuple(labels.shape[-2:]) != tuple(image.shape[1:]):
             image_hw = (int(image.shape[1]), int(image.shape[2]))
@@ -237,7 +243,7 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
             header = read_header(image_path, max_pixels=self.max_pixels)
             w, h = header.size
             if level == "full":
-                read_image(image_path, max_pixels=self.max_pixels)  # decodes: truncation, corrupt data
+                self.load_image(image_path)  # decodes: truncation, corrupt data
             if level in ("labels", "full"):
                 lab = self.load_mask(mask_path)
                 self._check_labels(lab, mask_path)

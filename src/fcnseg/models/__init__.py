@@ -3,7 +3,8 @@
 The paper's networks (arXiv:1411.4038): ``fcn32s``, ``fcn16s``, ``fcn8s`` (staged), ``fcn8s_atonce``
 (section 4.2, the reference's at-once net), ``fcn_alexnet``, and the two-headed SIFT Flow nets
 ``fcn{32,16,8}s_siftflow`` (section 5, table 5: semantic and geometric logits as a dict); modern encoders are
-registered by :mod:`fcnseg.models.backbones`.
+registered by :mod:`fcnseg.models.backbones`, the NYUDv2 multi-modal nets (RGB-D early fusion, RGB-HHA late
+fusion) by :mod:`fcnseg.models.fusion`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from torch import nn
 
 from .fcn import FCN, BilinearUpsample, bilinear_kernel, head_labels, joined_logits, task_heads
 from .geometry import CoordMap, coord_map, crop_offset
-from .vgg import AlexNetTrunk, VGG16Trunk, convolutionalize_vgg16
+from .vgg import AlexNetTrunk, VGG16Trunk, convolutionalize_vgg16, widen_input_filters
 
 __all__ = [
     "FCN", "BilinearUpsample", "bilinear_kernel", "CoordMap", "coord_map", "crop_offset", "VGG16Trunk",
-    "AlexNetTrunk", "convolutionalize_vgg16", "build", "list_models", "register",
+    "AlexNetTrunk", "convolutionalize_vgg16", "widen_input_filters", "build", "list_models", "register",
     "fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce", "fcn_alexnet", "fcn32s_siftflow", "fcn16s_siftflow",
     "fcn8s_siftflow", "task_heads", "joined_logits", "head_labels", "siftflow_heads",
 ]
@@ -56,8 +57,8 @@ def build(name: str, **kwargs: Any) -> nn.Module:
 
 
 def _load_backbones() -> None:
-    # Imported lazily: timm is only needed for the modern-encoder variants.
-    from . import backbones  # noqa: F401
+    # Imported lazily: timm is only needed for the modern-encoder variants (and the fusion nets over them).
+    from . import backbones, fusion  # noqa: F401
 
 
 @register

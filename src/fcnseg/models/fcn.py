@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .geometry import CoordMap, crop_offset, layer_map
+from .vgg import widen_input_filters
 
 __all__ = ["FCN", "BilinearUpsample", "bilinear_kernel", "Encoder", "task_heads", "joined_logits", "head_labels"]
 
@@ -194,13 +195,18 @@ class FCN(nn.Module):
 
         FCN-16s starts from a trained FCN-32s and FCN-8s from a trained FCN-16s: the trunk and the score
         layers they share are copied by name; the new score layer stays at zero and the new upsampling
-        bilinear. Returns (copied names, names of this model left as initialised).
+        bilinear. A first layer with more inputs than the RGB one it is given (RGB-D: 4) gets the RGB filters
+        widened by :func:`~fcnseg.models.vgg.widen_input_filters` (the reference's RGB-D initialisation).
+        Returns (copied names, names of this model left as initialised).
         """
         own = self.state_dict()
         copied, kept = [], []
         with torch.no_grad():
             for name, t in own.items():
                 src = state_dict.get(name)
+                if (src is not None and src.ndim == 4 and src.shape[1] == 3 and t.ndim == 4 and t.shape[1] > 3
+                        and src.shape[0] == t.shape[0] and src.shape[2:] == t.shape[2:]):
+                    src = widen_input_filters(src, t.shape[1])  # RGB filters onto RGB + depth (+...) inputs
                 if src is not None and src.shape == t.shape:
                     t.copy_(src)
                     copied.append(name)

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .geometry import CoordMap, coord_map
 
-__all__ = ["VGG16Trunk", "AlexNetTrunk", "convolutionalize_vgg16", "TORCHVISION_VGG16_CONVS"]
+__all__ = ["VGG16Trunk", "AlexNetTrunk", "convolutionalize_vgg16", "widen_input_filters", "TORCHVISION_VGG16_CONVS"]
 
 # (stage, number of 3x3 convolutions, channels) of VGG16 (Simonyan & Zisserman, configuration D).
 _VGG16_STAGES = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
@@ -171,3 +172,18 @@ def convolutionalize_vgg16(state_dict: Mapping[str, Tensor], *, keep_fc8: bool =
         out[f"{name}.weight"] = w.reshape(w.shape[0], c_in, k, k)
         out[f"{name}.bias"] = state_dict[f"{src}.bias"]
     return out
+
+
+def widen_input_filters(weight: Tensor, in_channels: int) -> Tensor:
+    """First-layer filters ``(O, 3, k, k)`` learned on RGB, widened to ``(O, in_channels, k, k)`` for extra inputs.
+
+    The reference's RGB-D early-fusion net (``nyud-fcn32s-color-d/solve.py``, the paper's Table 4 "RGB-D")
+    keeps ``conv1_1``'s colour filters and initialises the depth channel's filter as their mean over the three
+    colour channels, so that depth starts as a grey image would; every extra channel gets that mean here.
+    """
+    if weight.ndim != 4 or weight.shape[1] != 3:
+        raise ValueError(f"expected RGB filters (O, 3, k, k), got {tuple(weight.shape)}")
+    if in_channels < 3:
+        raise ValueError(f"cannot widen RGB filters to {in_channels} input channels")
+    mean = weight.mean(dim=1, keepdim=True)  # (O, 1, k, k)
+    return torch.cat([weight, mean.expand(-1, in_channels - 3, -1, -1)], dim=1)
