@@ -11,6 +11,7 @@ from fcnseg.data import DATASETS
 from fcnseg.models import list_models
 from fcnseg.models.zoo import NOT_RUN, PAPER_RESULTS, describe
 
+
 def test_every_row_names_a_model_and_its_numbers():
     models = set(list_models())
     for r in PAPER_RESULTS:

@@ -33,6 +33,8 @@ args_for() {
     abl_mfw)       echo "--model fcn8s_efficientnet_lite0 --pretrained --max-steps 200 --val-every 200 --class-weights median_freq" ;;
     abl_ema)       echo "--model fcn8s_efficientnet_lite0 --pretrained --max-steps 200 --val-every 200 --ema-decay 0.99" ;;
     abl_lite2)     echo "--model fcn8s_efficientnet_lite2 --pretrained --max-steps 100 --val-every 100" ;;
+    # The 30-minute budget with the ablations' winners (FINAL_FLAGS: the flags that beat abl_base).
+    final)         echo "--model fcn8s_efficientnet_lite0 --pretrained --max-steps 1000 --val-every 200 ${FINAL_FLAGS:-}" ;;
     abl_crop480)   echo "--model fcn8s_efficientnet_lite0 --pretrained --max-steps 90 --val-every 90 --crop-size 480" ;;
     *) echo "unknown run $1" >&2; exit 2 ;;
   esac
