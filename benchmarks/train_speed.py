@@ -8,7 +8,8 @@ random scale 0.5-2, 352-pixel crops, flips), batch 8, SGD, from the same seed, f
 * **fcnseg**: ``fcnseg.train.run_train`` with the defaults of ``fcnseg train`` (only the model, crop, step
   count and a one-image validation set are given): channels-last, one persistent loader, decoded-image
   cache, ``--precision auto``.
-* ``--variants``: fcnseg with one default reverted at a time (NCHW, no cache, 0/1 workers), shorter.
+* ``--variants``: fcnseg with one default changed at a time (NCHW, no cache, 0/1 workers, ``--compile``),
+  shorter.
 
 Images/s are measured between step ``--warmup`` and the last step (the rest of the wall time: data checks,
 caching, worker start, compilation, the final checkpoint, is reported as ``startup_s``), and expressed as a
@@ -50,6 +51,7 @@ VARIANTS = {
     "fcnseg, no cache": {"cache": "off"},
     "fcnseg, 1 worker": {"workers": 1},
     "fcnseg, 0 workers": {"workers": 0},
+    "fcnseg --compile": {"compile": True},
 }
 
 
@@ -155,7 +157,8 @@ def main() -> None:
     p.add_argument("--crop", type=int, default=352)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--variants", action="store_true", help="also fcnseg with each default reverted")
+    p.add_argument("--variants", action="store_true", help="also fcnseg with each default changed")
+    p.add_argument("--only", nargs="*", default=None, help="run only these variants (names as in the table)")
     p.add_argument("--repeat", type=int, default=1, help="alternate plain/fcnseg this many times")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -175,8 +178,8 @@ def main() -> None:
     for _ in range(a.repeat):
         for name in ("plain", "fcnseg"):
             rows.setdefault(name, []).append(summarise(run_child(name, a), a, step_flops, ceiling))
-    if a.variants:
-        for name in list(VARIANTS)[1:]:
+    if a.variants or a.only:
+        for name in [v for v in list(VARIANTS)[1:] if a.only is None or v in a.only]:
             rows[name] = [summarise(run_child(name, a), a, step_flops, ceiling)]
     plain = statistics.median(r["images_per_s"] for r in rows["plain"])
 

@@ -168,3 +168,14 @@ def test_multiscale_test_time_augmentation():
     with pytest.raises(SystemExit) as exit_:  # argparse: one usage line, exit 2, before any work
         main(["eval", "--checkpoint", "x.pt", "--scales", "0,1"])
     assert exit_.value.code == 2
+
+
+@pytest.mark.slow
+def test_compiled_training_step_matches_eager(data_root, tmp_path):
+    # --compile fuses kernels: the same training to float tolerance (compiling takes a minute or two).
+    eager = run_train(tiny_cfg(data_root, tmp_path / "eager", max_steps=2, val_every=2), progress=False)
+    comp = run_train(tiny_cfg(data_root, tmp_path / "compiled", max_steps=2, val_every=2, compile=True),
+                     progress=False)
+    a, b = load_checkpoint(eager.parent / "last.pt"), load_checkpoint(comp.parent / "last.pt")
+    for k, v in a.state_dict.items():
+        torch.testing.assert_close(b.state_dict[k], v, rtol=1e-3, atol=1e-4, msg=k)

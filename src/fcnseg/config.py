@@ -64,6 +64,7 @@ class TrainConfig:
     stop_at: int = 0  # stop (with a checkpoint) at this step, keeping max_steps' schedule; resume later; 0 = off
     precision: str = "auto"  # autocast: auto = bf16 where native (bf16 GPU, AVX512-BF16/AMX CPU), else fp32; fp32; bf16
     channels_last: bool = True  # NHWC activations: oneDNN's fast layout (1.5x per CPU step, benchmarks/RESULTS.md)
+    compile: bool = False  # torch.compile the training step (fuses batch norm and activations; ~1-2 min to compile)
     # --- augmentation ---
     crop_size: int = 320  # random crop side; 0 = whole images (batches padded with the ignore label)
     scale_min: float = 0.5  # random scale range

@@ -319,6 +319,8 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
                                                         else None)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
+    # The compiled module shares the parameters; validation and checkpoints use the plain one.
+    step_model = torch.compile(ddp_model) if cfg.compile else ddp_model
     ema = make_ema(model, cfg.ema_decay) if cfg.ema_decay else None
     if dry_run:
         on_main(lambda: _check_disk_space(out, model, cfg))  # free_bytes looks up the first existing parent
@@ -455,7 +457,7 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
             while step < last:
                 sampler.set_epoch(epoch, start)
                 epoch_start_step = step
-                step = train_one_epoch(ddp_model, loader, optimizer, scheduler, norm=norm, device=device,
+                step = train_one_epoch(step_model, loader, optimizer, scheduler, norm=norm, device=device,
                                        loss_reduction=cfg.loss, ignore_index=ignore, amp=amp, max_steps=last,
                                        step=step, on_step=on_step, progress=bar, channels_last=cfg.channels_last,
                                        class_weights=weights)
