@@ -420,7 +420,7 @@ def test_build_dataset(data_root: Path) -> None:
     assert isinstance(ds, fdata.CamVid) and len(ds) == 101
     image, mask = ds[0]
     assert image.shape == (3, 64, 64) and mask.shape == (64, 64)
-    with pytest.raises(ValueError, match="unknown dataset kind 'coco'; available: voc, sbd, camvid, folder, nyud, "
-                                         "pascal_context"):
+    with pytest.raises(ValueError, match="unknown dataset kind 'coco'; available: voc, sbd, camvid, folder, "
+                                         "siftflow, nyud, pascal_context"):
         build_dataset("coco", data_root, "train")
     assert issubclass(DataError, ValueError)

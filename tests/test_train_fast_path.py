@@ -136,7 +136,7 @@ def test_channels_last_gradients_are_as_accurate_as_nchw():
 
 
 def test_ema_and_class_weights_resume_exactly(data_root, tmp_path):
-    opts = dict(ema_decay=0.9, class_weights="median_freq", cache="on")
+    opts = dict(ema_decay=0.9, class_weights="median_freq")
     straight = run_train(tiny_cfg(data_root, tmp_path / "a", **opts), progress=False)
     run_train(tiny_cfg(data_root, tmp_path / "b", stop_at=2, **opts), progress=False)
     run_train(tiny_cfg(data_root, tmp_path / "b", resume=str(tmp_path / "b" / "last.pt"), **opts), progress=False)
