@@ -17,11 +17,15 @@ from pathlib import Path
 
 from fcnseg.checkpoint import load_checkpoint, save_checkpoint
 
-ORDER = ["fcn32s", "fcn16s", "fcn8s_short", "fcn8s", "fcn8s_scratch", "fcn32s_fixed"]
+ORDER = ["fcn32s", "fcn16s", "fcn8s_short", "fcn8s", "fcn8s_scratch", "fcn32s_fixed", "abl_base", "abl_mfw",
+         "abl_ema", "abl_lite2", "abl_crop480", "final"]
 LABEL = {
     "fcn32s": "FCN-32s Lite0, pretrained", "fcn16s": "FCN-16s Lite0, pretrained",
     "fcn8s_short": "FCN-8s Lite0, pretrained", "fcn8s": "FCN-8s Lite0, pretrained (30-min budget)",
     "fcn8s_scratch": "FCN-8s Lite0, from scratch", "fcn32s_fixed": "FCN-32s-fixed Lite0 (frozen encoder)",
+    "abl_base": "ablation base: FCN-8s Lite0, 320 crops", "abl_mfw": "+ median-frequency class weights",
+    "abl_ema": "+ EMA of weights (0.99)", "abl_lite2": "Lite2 encoder (equal time)",
+    "abl_crop480": "480x480 crops (equal pixels)", "final": "FCN-8s Lite0, the winners, 1000 steps",
 }
 HERE = Path(__file__).parent
 

@@ -462,3 +462,25 @@ def read_ids(path: Path, fix: str) -> list[str]:
     if not ids:
         raise DataError(f"{path}: split file lists no samples (empty split); fix: list one id a line")
     return ids
+
+
+def read_mat_labels(path: Path, key: str, what: str, fix: str) -> np.ndarray:
+    """Variable ``key`` of a MATLAB label file (SBD, SIFT Flow, NYUDv2, PASCAL-Context) as 2-D int64 values.
+
+    A missing variable, a file scipy cannot read, or anything but a 2-D array of whole numbers is a
+    :class:`DataError` that names the file, says what was expected (``what``, e.g. "NYUDv2 labels") and the fix.
+    """
+    from scipy.io import loadmat  # imported here: only the .mat datasets need scipy
+
+    try:
+        raw = loadmat(path)[key]
+    except KeyError:
+        raise DataError(f"{path}: no variable '{key}' in this .mat file; fix: {fix}") from None
+    except Exception as e:  # scipy raises many types on corrupt files: ValueError, OSError, zlib.error...
+        raise DataError(f"{path}: cannot read {what} ({type(e).__name__}: {e}); fix: {fix}") from e
+    raw = np.asarray(raw)
+    whole = raw.dtype.kind in "iu" or (raw.dtype.kind == "f" and bool(np.all(raw == np.round(raw))))
+    if raw.ndim != 2 or not whole:
+        raise DataError(f"{path}: '{key}' is {raw.dtype} of shape {raw.shape}, expected 2-D integer labels; "
+                        f"fix: {fix}")
+    return raw.astype(np.int64)

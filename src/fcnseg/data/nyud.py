@@ -40,12 +40,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.io import loadmat
 
 from ..classes import voc_palette
 from ..io import read_depth, read_header
 from ..normalization import Normalization, register_normalization
-from .base import DataError, SegmentationDataset, Transforms, read_ids, read_image, require_dir, with_skip_hint
+from .base import (
+    DataError,
+    SegmentationDataset,
+    Transforms,
+    read_ids,
+    read_image,
+    read_mat_labels,
+    require_dir,
+    with_skip_hint,
+)
 
 __all__ = [
     "NYUD_CLASSES", "NYUD_MODALITIES", "NYUD_CHANNELS", "NYUDv2", "nyud_split_ids", "encode_log_depth",
@@ -211,19 +219,9 @@ class NYUDv2(SegmentationDataset):
 
     def load_mask(self, path: Path) -> np.ndarray:
         """Labels (H, W): the ``.mat``'s ``segmentation`` minus 1, void (0) as 255."""
-        try:
-            raw = loadmat(path)["segmentation"]
-        except KeyError as e:
-            raise DataError(f"{path}: no variable 'segmentation' in this .mat file; fix: use the reference's NYUDv2 "
-                            f"segmentation/ files (40-class labels of Gupta et al.), or pass --skip-bad") from e
-        except Exception as e:  # scipy raises many types on corrupt files: ValueError, OSError, zlib.error...
-            raise DataError(f"{path}: cannot read NYUDv2 labels ({type(e).__name__}: {e}); fix: re-extract the "
-                            f"file from the NYUDv2 archive, or pass --skip-bad to skip it") from e
-        raw = np.asarray(raw)
-        if raw.ndim != 2 or raw.dtype.kind not in "iuf":
-            raise DataError(f"{path}: 'segmentation' is {raw.dtype} of shape {raw.shape}, expected 2-D labels "
-                            f"0..40; fix: re-extract the file from the NYUDv2 archive")
-        labels = raw.astype(np.int64) - 1
+        raw = read_mat_labels(path, "segmentation", "NYUDv2 labels", "use the reference's NYUDv2 segmentation/ "
+                              "files (40-class labels of Gupta et al.), or pass --skip-bad to skip it")
+        labels = raw - 1
         labels[raw == 0] = self.ignore_index  # void
         return labels
 

@@ -25,10 +25,9 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from scipy.io import loadmat
 
 from ..classes import voc_palette
-from .base import DataError, SegmentationDataset, Transforms, read_ids, require_dir
+from .base import DataError, SegmentationDataset, Transforms, read_ids, read_mat_labels, require_dir
 from .voc import _pair_ids, _voc_year_dir
 
 __all__ = ["PASCAL_CONTEXT_59", "PASCAL_CONTEXT_459", "context_label_table", "PascalContext"]
@@ -119,19 +118,8 @@ class PascalContext(SegmentationDataset):
 
     def load_mask(self, path: Path) -> np.ndarray:
         """Labels (H, W) of the task from the full ``LabelMap`` (see :func:`context_label_table`)."""
-        try:
-            raw = loadmat(path)["LabelMap"]
-        except KeyError as e:
-            raise DataError(f"{path}: no variable 'LabelMap' in this .mat file; fix: use PASCAL-Context's "
-                            f"trainval/ annotation files, or pass --skip-bad") from e
-        except Exception as e:  # scipy raises many types on corrupt files: ValueError, OSError, zlib.error...
-            raise DataError(f"{path}: cannot read PASCAL-Context labels ({type(e).__name__}: {e}); fix: re-extract "
-                            f"the file from trainval.tar.gz, or pass --skip-bad to skip it") from e
-        raw = np.asarray(raw)
-        if raw.ndim != 2 or raw.dtype.kind not in "iu":
-            raise DataError(f"{path}: 'LabelMap' is {raw.dtype} of shape {raw.shape}, expected 2-D class numbers "
-                            f"0..459; fix: re-extract the file from trainval.tar.gz")
-        raw = raw.astype(np.int64)
+        raw = read_mat_labels(path, "LabelMap", "PASCAL-Context labels", "use PASCAL-Context's trainval/ "
+                              "annotation files (re-extract trainval.tar.gz), or pass --skip-bad to skip it")
         bad = (raw < 0) | (raw >= len(self.table))
         if bad.any():
             values = ", ".join(str(v) for v in np.unique(raw[bad])[:8])

@@ -25,12 +25,11 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from scipy.io import loadmat
 
 from ..classes import voc_palette
 from ..io import DataError
 from ..normalization import Normalization, register_normalization
-from .base import IGNORE_INDEX, SegmentationDataset, Transforms, read_ids, require_dir
+from .base import IGNORE_INDEX, SegmentationDataset, Transforms, read_ids, read_mat_labels, require_dir
 
 __all__ = ["SIFTFLOW_CLASSES", "SIFTFLOW_GEO_CLASSES", "SIFTFLOW_TASKS", "CAFFE_SIFTFLOW", "siftflow_ids",
            "SIFTFlow"]
@@ -137,19 +136,7 @@ def _read_labels(path: Path, what: str, num_classes: int, void: tuple[int, ...])
     ``void`` values the ignore label 255 (the reference's shift, which wraps 0 to 255 in uint8)."""
     if not path.is_file():
         raise DataError(f"{path}: {what} label file not found; fix: restore it from the SIFT Flow archive")
-    try:
-        raw = loadmat(path)["S"]
-    except KeyError:
-        raise DataError(f"{path}: no variable S in this .mat file; fix: re-extract the file from the SIFT Flow "
-                        f"archive") from None
-    except Exception as e:  # scipy raises many types on corrupt files: ValueError, OSError, zlib.error...
-        raise DataError(f"{path}: cannot read the {what} labels ({type(e).__name__}: {e}); fix: re-extract the file "
-                        f"from the SIFT Flow archive") from e
-    raw = np.asarray(raw)
-    if raw.ndim != 2 or raw.dtype.kind not in "iuf" or (raw.dtype.kind == "f" and not np.all(raw == np.round(raw))):
-        raise DataError(f"{path}: S is {raw.dtype} of shape {raw.shape}, expected 2-D integer labels; fix: "
-                        f"re-extract the file from the SIFT Flow archive")
-    raw = raw.astype(np.int64)
+    raw = read_mat_labels(path, "S", f"the {what} labels", "re-extract the file from the SIFT Flow archive")
     is_void = np.isin(raw, void)
     bad = ~is_void & ((raw < 1) | (raw > num_classes))
     if bad.any():
