@@ -17,7 +17,9 @@ FCNSEG="${FCNSEG:-.venv/bin/fcnseg}"
 # of 8 random 320x320 crops of images scaled by 0.5-1.5 and flipped. Only the budget (steps) differs:
 # about 30 minutes of this 2-core CPU for the main FCN-8s run, about 10 for the comparisons.
 COMMON=(--dataset camvid --batch-size 8 --crop-size 320 --scale-min 0.5 --scale-max 1.5 --optimizer sgd
-        --lr 0.01 --momentum 0.9 --weight-decay 1e-4 --workers 2 --overwrite --quiet)
+        --lr 0.01 --momentum 0.9 --weight-decay 1e-4 --workers 2 --overwrite --quiet --batch-norm train)
+# --batch-norm train: the rows below were run before frozen batch norm became the default for pretrained
+# encoders (issue 11); the rows that test it say --batch-norm frozen (the last flag wins).
 
 args_for() {
   case "$1" in
@@ -37,6 +39,7 @@ args_for() {
     final)         echo "--model fcn8s_efficientnet_lite0 --pretrained --max-steps 1000 --val-every 200 ${FINAL_FLAGS:-}" ;;
     # The 2-hour budget (issue 11): the largest single gain (Lite2) over a long schedule, 5600 steps of ~1.2 s.
     long_lite2)    echo "--model fcn8s_efficientnet_lite2 --pretrained --max-steps 5600 --val-every 400" ;;
+    abl_frozenbn)  echo "--model fcn8s_efficientnet_lite0 --pretrained --max-steps 200 --val-every 200 --batch-norm frozen" ;;
     abl_crop480)   echo "--model fcn8s_efficientnet_lite0 --pretrained --max-steps 90 --val-every 90 --crop-size 480" ;;
     *) echo "unknown run $1" >&2; exit 2 ;;
   esac

@@ -49,7 +49,8 @@ def _parse_value(v: str) -> Any:
 
 
 _CHOICES = {"check_data": ["headers", "labels", "full", "off"], "precision": list(PRECISIONS),
-            "cache": ["auto", "on", "off"], "class_weights": ["none", "median_freq"]}
+            "cache": ["auto", "on", "off"], "class_weights": ["none", "median_freq"],
+            "batch_norm": ["auto", "frozen", "train"]}
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

@@ -64,6 +64,7 @@ class TrainConfig:
     stop_at: int = 0  # stop (with a checkpoint) at this step, keeping max_steps' schedule; resume later; 0 = off
     precision: str = "auto"  # autocast: auto = bf16 where native (bf16 GPU, AVX512-BF16/AMX CPU), else fp32; fp32; bf16
     channels_last: bool = True  # NHWC activations: oneDNN's fast layout (1.5x per CPU step, benchmarks/RESULTS.md)
+    batch_norm: str = "auto"  # auto = frozen (folded into convs, 1.4x per CPU step) when the encoder starts trained, else train; frozen; train
     compile: bool = False  # torch.compile the training step (fuses batch norm and activations; ~1-2 min to compile)
     # --- augmentation ---
     crop_size: int = 320  # random crop side; 0 = whole images (batches padded with the ignore label)
@@ -196,6 +197,8 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.class_weights in ("none", "median_freq"),
          f"class_weights must be none or median_freq, not {cfg.class_weights!r}"),
         (0 <= cfg.ema_decay < 1, "ema_decay must lie in [0, 1): 0 is off, 0.999 a common choice"),
+        (cfg.batch_norm in ("auto", "frozen", "train"),
+         f"batch_norm must be auto, frozen or train, not {cfg.batch_norm!r}"),
         (cfg.cache in ("auto", "on", "off"), f"cache must be auto, on or off, not {cfg.cache!r}"),
         (cfg.max_pixels >= 1, "max_pixels must be at least 1"),
         (cfg.dist_timeout >= 1, "dist_timeout must be at least 1 second"),
