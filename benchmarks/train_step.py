@@ -1,10 +1,12 @@
-"""One training step of an FCN, model only (synthetic batch): NCHW vs channels-last vs ``torch.compile``.
+"""One training step of an FCN, model only (synthetic batch): NCHW vs channels-last vs ``torch.compile`` vs
+frozen batch norm folded into the convolutions (``--batch-norm frozen``).
 
 The profile behind ``fcnseg train``'s defaults (issue 11): what each candidate does to forward + backward +
 SGD step of the EfficientNet-Lite FCN-8s at batch 8, 352x352, fp32, and the top operators of each.
 
     python benchmarks/train_step.py                         # Lite0: NCHW, channels-last
     python benchmarks/train_step.py --compile               # + torch.compile (channels-last); compile time apart
+    python benchmarks/train_step.py --batch-norm             # + frozen batch norm, folded (channels-last)
     python benchmarks/train_step.py --model fcn8s_efficientnet_lite2 --profile
 """
 
@@ -17,13 +19,16 @@ import torch
 
 from fcnseg.losses import segmentation_loss
 from fcnseg.models import build
+from fcnseg.models.batchnorm import freeze_batch_norm
 from fcnseg.precision import machine_summary
 
 
 def measure(model_name: str, layout: str, compiled: bool, batch: int, size: int, steps: int,
-            profile: bool) -> dict[str, float]:
+            profile: bool, frozen_bn: bool = False) -> dict[str, float]:
     torch.manual_seed(0)
     model = build(model_name, num_classes=11).train()
+    if frozen_bn:
+        freeze_batch_norm(model)
     x, y = torch.randn(batch, 3, size, size), torch.randint(0, 11, (batch, size, size))
     if layout == "channels_last":
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
@@ -60,16 +65,19 @@ def main() -> None:
     p.add_argument("--size", type=int, default=352)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--compile", action="store_true", help="also torch.compile (inductor) over channels-last")
+    p.add_argument("--batch-norm", action="store_true", help="also frozen batch norm folded into the convs")
     p.add_argument("--profile", action="store_true", help="print the top operators of each")
     a = p.parse_args()
     print(f"{machine_summary()}; torch {torch.__version__}, {torch.get_num_threads()} threads; {a.model}, "
           f"batch {a.batch}, {a.size}x{a.size}, fp32")
-    rows = [("NCHW", "contiguous", False), ("channels-last", "channels_last", False)]
+    rows = [("NCHW", "contiguous", False, False), ("channels-last", "channels_last", False, False)]
     if a.compile:
-        rows.append(("channels-last + torch.compile", "channels_last", True))
+        rows.append(("channels-last + torch.compile", "channels_last", True, False))
+    if a.batch_norm:
+        rows.append(("channels-last + frozen BN folded", "channels_last", False, True))
     results = []
-    for name, layout, compiled in rows:
-        r = measure(a.model, layout, compiled, a.batch, a.size, a.steps, a.profile)
+    for name, layout, compiled, frozen_bn in rows:
+        r = measure(a.model, layout, compiled, a.batch, a.size, a.steps, a.profile, frozen_bn)
         results.append((name, r))
         print(f"{name}: {r['s_per_step']:.3f} s/step", flush=True)
     base = results[0][1]["images_per_s"]

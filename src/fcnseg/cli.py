@@ -50,7 +50,7 @@ def _parse_value(v: str) -> Any:
 
 _CHOICES = {"check_data": ["headers", "labels", "full", "off"], "precision": list(PRECISIONS),
             "cache": ["auto", "on", "off"], "class_weights": ["none", "median_freq"],
-            "batch_norm": ["auto", "frozen", "train"]}
+            "batch_norm": ["auto", "train", "frozen"]}
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

@@ -5,8 +5,9 @@ Two named recipes (``RECIPES``) override the defaults:
 * ``paper``: the reference solver of arXiv:1411.4038 (section 4.3 and the released ``solver.prototxt``):
   batch 1, summed loss, SGD momentum 0.99, fixed lr 1e-10 / 1e-12 / 1e-14 for 32s / 16s / 8s, weight decay
   5e-4, biases at twice the rate without decay, frozen bilinear upsampling, whole images, no augmentation.
-* ``modern``: pixel-averaged loss, batches of random crops padded with the ignore label, polynomial decay,
-  SGD or AdamW, mixed precision on GPU.
+* ``modern``: pixel-averaged loss, batches of random crops padded with the ignore label, polynomial decay after
+  a 50-step linear warm-up, SGD or AdamW, mixed precision where bf16 is native; a trained encoder's batch norms
+  frozen and folded into its convolutions (``batch_norm="auto"``; without the warm-up, lr 0.01 diverged).
 
 Precedence: dataclass defaults < recipe < config file (YAML/JSON) < command-line flags.
 """
@@ -64,7 +65,7 @@ class TrainConfig:
     stop_at: int = 0  # stop (with a checkpoint) at this step, keeping max_steps' schedule; resume later; 0 = off
     precision: str = "auto"  # autocast: auto = bf16 where native (bf16 GPU, AVX512-BF16/AMX CPU), else fp32; fp32; bf16
     channels_last: bool = True  # NHWC activations: oneDNN's fast layout (1.5x per CPU step, benchmarks/RESULTS.md)
-    batch_norm: str = "auto"  # auto = frozen (folded into convs, 1.4x per CPU step) when the encoder starts trained, else train; frozen; train
+    batch_norm: str = "auto"  # frozen (fixed statistics, folded into the convs) when the encoder starts trained, else train
     compile: bool = False  # torch.compile the training step (fuses batch norm and activations; ~1-2 min to compile)
     # --- augmentation ---
     crop_size: int = 320  # random crop side; 0 = whole images (batches padded with the ignore label)
@@ -116,7 +117,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     ),
     "modern": dict(
         batch_size=8, loss="mean", optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4, bias_lr_mult=1.0,
-        schedule="poly", crop_size=320, scale_min=0.5, scale_max=2.0, hflip=True,
+        schedule="poly", warmup_steps=50, crop_size=320, scale_min=0.5, scale_max=2.0, hflip=True,
     ),
 }
 
@@ -197,8 +198,8 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.class_weights in ("none", "median_freq"),
          f"class_weights must be none or median_freq, not {cfg.class_weights!r}"),
         (0 <= cfg.ema_decay < 1, "ema_decay must lie in [0, 1): 0 is off, 0.999 a common choice"),
-        (cfg.batch_norm in ("auto", "frozen", "train"),
-         f"batch_norm must be auto, frozen or train, not {cfg.batch_norm!r}"),
+        (cfg.batch_norm in ("auto", "train", "frozen"),
+         f"batch_norm must be auto, train or frozen, not {cfg.batch_norm!r}"),
         (cfg.cache in ("auto", "on", "off"), f"cache must be auto, on or off, not {cfg.cache!r}"),
         (cfg.max_pixels >= 1, "max_pixels must be at least 1"),
         (cfg.dist_timeout >= 1, "dist_timeout must be at least 1 second"),

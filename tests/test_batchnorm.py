@@ -1,0 +1,141 @@
+"""Frozen batch norm folded into the convolution before it (``fcnseg.models.batchnorm``, ``--batch-norm``)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from fcnseg.checkpoint import load_checkpoint
+from fcnseg.config import TrainConfig, make_config
+from fcnseg.losses import segmentation_loss
+from fcnseg.models import build
+from fcnseg.models.batchnorm import freeze_batch_norm, frozen_batch_norms, has_batch_norm, unfreeze_batch_norm
+from fcnseg.train import batch_norm_mode, run_train
+from test_train import tiny_cfg
+
+
+def _conv_bn_relu() -> nn.Sequential:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 1, bias=True), nn.BatchNorm2d(2, eps=1e-12), nn.ReLU())
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([2.0, -1.0]).view(2, 1, 1, 1))
+        net[0].bias.copy_(torch.tensor([1.0, 0.0]))
+        net[1].running_mean.copy_(torch.tensor([3.0, -2.0]))
+        net[1].running_var.copy_(torch.tensor([4.0, 0.25]))
+        net[1].weight.copy_(torch.tensor([0.5, 2.0]))
+        net[1].bias.copy_(torch.tensor([1.0, -1.0]))
+    return net
+
+
+def test_fold_by_hand():
+    net = _conv_bn_relu()
+    assert freeze_batch_norm(net, in_channels=1) == (1, 1)
+    x = torch.tensor([[[[1.0, -2.0]]]])  # (1, 1, 1, 2)
+    y = net.train()(x)  # train mode: the statistics stay the running ones
+    # channel 0: conv 2x+1 -> (2x+1-3)/2*0.5+1; x=1: 1.0, x=-2: -0.5 -> relu 0
+    # channel 1: conv -x -> (-x+2)/0.5*2-1; x=1: 3.0, x=-2: 15.0
+    torch.testing.assert_close(y, torch.tensor([[[[1.0, 0.0]], [[3.0, 15.0]]]]))
+    assert type(net[1]).__name__ == "FoldedBnBatchNorm2d" and not net[1].training
+
+
+def test_folded_gradients_equal_conv_then_frozen_batch_norm():
+    """Through two SGD steps: the fold is recomputed from the trained weights at every forward pass."""
+    torch.manual_seed(0)
+    model = build("fcn32s_efficientnet_lite0", num_classes=3).double()
+    with torch.no_grad():  # statistics unlike the defaults (mean 0, var 1), so a wrong fold shows
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    ref = copy.deepcopy(model).train()
+    for m in ref.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()  # frozen, the plain way
+    frozen, folded = freeze_batch_norm(model)
+    assert frozen == folded == sum(isinstance(m, nn.BatchNorm2d) for m in ref.modules()) > 40
+    model.train()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    y = torch.randint(0, 3, (2, 64, 64))
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (model, ref)]
+    for _ in range(2):
+        for m, opt in zip((model, ref), opts, strict=True):
+            opt.zero_grad()
+            segmentation_loss(m(x), y).backward()
+        for a, b in zip(model.parameters(), ref.parameters(), strict=True):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12)
+        for opt in opts:
+            opt.step()
+    sd, sd_ref = model.state_dict(), ref.state_dict()
+    assert list(sd) == list(sd_ref)  # same keys: checkpoints load either way
+    for k in sd:
+        torch.testing.assert_close(sd[k], sd_ref[k])
+
+
+def test_statistics_stay_and_unfreeze_restores():
+    net = _conv_bn_relu()
+    before = net[1].running_mean.clone()
+    freeze_batch_norm(net, in_channels=1)
+    net.train()
+    net(torch.randn(4, 1, 5, 5)).sum().backward()
+    assert torch.equal(net[1].running_mean, before) and net[1].weight.grad is not None
+    unfreeze_batch_norm(net)
+    assert type(net[0]) is nn.Conv2d and type(net[1]) is nn.BatchNorm2d and net[1].training
+    assert frozen_batch_norms(net) == (0, 0)
+    net(torch.randn(4, 1, 5, 5))
+    assert not torch.equal(net[1].running_mean, before)  # a plain, training batch norm again
+
+
+class _NormThenConv(nn.Module):
+    """Registered conv then bn, but the bn normalises the input: folding would be wrong."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+        self.bn = nn.BatchNorm2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.bn(x))
+
+
+def test_a_batch_norm_not_after_its_conv_is_frozen_not_folded():
+    net = _NormThenConv()
+    with torch.no_grad():
+        net.bn.running_mean.copy_(torch.tensor([1.0, -1.0]))
+        net.bn.running_var.copy_(torch.tensor([2.0, 0.5]))
+    x = torch.randn(1, 2, 8, 8)
+    expected = net.eval()(x)
+    assert freeze_batch_norm(net) == (1, 0)  # the probe check caught the order
+    torch.testing.assert_close(net.train()(x), expected)
+    assert type(net.conv) is nn.Conv2d
+
+
+def test_auto_is_frozen_for_trained_encoders_only():
+    assert batch_norm_mode(TrainConfig(model_args={"pretrained": True})) == "frozen"
+    assert batch_norm_mode(TrainConfig(init_from="runs/a/best.pt")) == "frozen"
+    assert batch_norm_mode(TrainConfig()) == "train"  # random weights: statistics must be estimated
+    assert batch_norm_mode(TrainConfig(batch_norm="train", model_args={"pretrained": True})) == "train"
+    assert make_config("modern").warmup_steps == 50  # frozen at lr 0.01 diverged without a warm-up
+    assert not has_batch_norm(build("fcn8s", num_classes=2, width=0.125))  # VGG: nothing to freeze
+    with pytest.raises(ValueError, match="batch_norm must be auto, train or frozen"):
+        tiny_cfg(Path("."), Path("."), batch_norm="fixed")
+
+
+def test_training_with_frozen_batch_norm_keeps_the_statistics(data_root, tmp_path, caplog):
+    cfg = tiny_cfg(data_root, tmp_path / "run", model="fcn8s_efficientnet_lite0", model_args={},
+                   batch_norm="frozen", max_steps=2, val_every=2)
+    torch.manual_seed(cfg.seed)
+    start = build("fcn8s_efficientnet_lite0", num_classes=11).state_dict()
+    with caplog.at_level("INFO", logger="fcnseg.train"):
+        best = run_train(cfg, progress=False)
+    assert any("49 frozen" in r.getMessage() and "49 folded" in r.getMessage() for r in caplog.records)
+    state = load_checkpoint(best).state_dict
+    stats = [k for k in state if k.endswith(("running_mean", "running_var"))]
+    gammas = [k for k in state if k.endswith("bn1.weight")]
+    assert stats and all(torch.equal(state[k], start[k]) for k in stats)  # never re-estimated
+    assert any(not torch.equal(state[k], start[k]) for k in gammas)  # but gamma trained
