@@ -7,9 +7,10 @@ random scale 0.5-2, 352-pixel crops, flips), batch 8, SGD, from the same seed, f
   each epoch (2 workers, shuffled), NCHW fp32, forward, cross-entropy, backward, step.
 * **fcnseg**: ``fcnseg.train.run_train`` with the defaults of ``fcnseg train`` (only the model, crop, step
   count and a one-image validation set are given): channels-last, one persistent loader, decoded-image
-  cache, ``--precision auto``.
-* ``--variants``: fcnseg with one default changed at a time (NCHW, no cache, 0/1 workers, ``--compile``),
-  shorter.
+  cache, the pretrained encoder's batch norms frozen and folded into its convolutions after a 50-step
+  learning-rate warm-up (``--batch-norm auto``), ``--precision auto``.
+* ``--variants``: fcnseg with one default changed at a time (NCHW, ``--batch-norm train``, no cache, 0/1
+  workers, ``--compile``), shorter.
 
 Images/s are measured between step ``--warmup`` and the last step (the rest of the wall time: data checks,
 caching, worker start, compilation, the final checkpoint, is reported as ``startup_s``), and expressed as a
@@ -48,6 +49,7 @@ MODEL = "fcn8s_efficientnet_lite0"
 VARIANTS = {
     "fcnseg": {},
     "fcnseg, NCHW": {"channels_last": False},
+    "fcnseg --batch-norm train": {"batch_norm": "train"},
     "fcnseg, no cache": {"cache": "off"},
     "fcnseg, 1 worker": {"workers": 1},
     "fcnseg, 0 workers": {"workers": 0},
