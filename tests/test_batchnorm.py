@@ -139,3 +139,14 @@ def test_training_with_frozen_batch_norm_keeps_the_statistics(data_root, tmp_pat
     gammas = [k for k in state if k.endswith("bn1.weight")]
     assert stats and all(torch.equal(state[k], start[k]) for k in stats)  # never re-estimated
     assert any(not torch.equal(state[k], start[k]) for k in gammas)  # but gamma trained
+
+
+def test_resume_keeps_the_runs_batch_norm_mode(data_root, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_cfg(data_root, out, model="fcn32s_efficientnet_lite0", model_args={}, init_from="",
+                   batch_norm="train", max_steps=2, stop_at=1, val_every=1)
+    run_train(cfg, progress=False)
+    again = tiny_cfg(data_root, out, model="fcn32s_efficientnet_lite0", model_args={}, batch_norm="frozen",
+                     max_steps=2, val_every=1, resume=str(out / "last.pt"), overwrite=True)
+    with pytest.raises(ValueError, match="trained with batch norm train.*fix: resume with --batch-norm train"):
+        run_train(again, progress=False)

@@ -14,7 +14,7 @@ from fcnseg.checkpoint import load_checkpoint
 from fcnseg.data.cache import DecodedCache, cache_decision
 from fcnseg.losses import class_frequencies, median_frequency_weights, segmentation_loss
 from fcnseg.precision import bf16_native, machine_summary, resolve_precision
-from fcnseg.train import run_train
+from fcnseg.train import _class_weights, run_train
 from test_train import tiny_cfg
 
 
@@ -75,6 +75,10 @@ def test_decoded_cache_holds_the_samples(data_root, monkeypatch):
     monkeypatch.setattr("fcnseg.data.cache.available_memory", lambda: 3 * 3 * 480 * 360 * 4)
     use, why = cache_decision(ds, "auto")
     assert not use and "MiB" in why
+    # class weights read the cached masks instead of decoding the files again, and agree with the files
+    from_files = _class_weights(ds, "median_freq", False)
+    monkeypatch.setattr(ds, "load_mask", lambda path: pytest.fail(f"decoded {path} again"))
+    torch.testing.assert_close(_class_weights(ds, "median_freq", False, cached), from_files)
 
 
 def _tiny_folder(data_root, root, n=3):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -366,6 +367,13 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
                 raise ValueError(f"--resume {cfg.resume}: trained with {key}={saved[key]!r}, not "
                                  f"{getattr(cfg, key)!r}; fix: resume with the same --{key.replace('_', '-')} "
                                  f"(or start a new run with --init-from)")
+        if has_batch_norm(model):  # runs from before --batch-norm re-estimated the statistics
+            was = batch_norm_mode(dataclasses.replace(cfg, batch_norm=saved.get("batch_norm", "train"),
+                                                      model_args=saved.get("model_args", cfg.model_args),
+                                                      init_from=saved.get("init_from", cfg.init_from)))
+            if was != batch_norm_mode(cfg):
+                raise ValueError(f"--resume {cfg.resume}: the run trained with batch norm {was}, this one would be "
+                                 f"{batch_norm_mode(cfg)}; fix: resume with --batch-norm {was}")
         model.load_state_dict(ck.train_state.get("raw_model", ck.state_dict))
         if ema is not None:
             if "ema" not in ck.train_state:
@@ -392,7 +400,8 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
     crop = cfg.crop_size or None
     tf = fdata.train_transforms(crop, scale_range=(cfg.scale_min, cfg.scale_max), hflip=cfg.hflip,
                                 color_jitter=cfg.color_jitter, ignore_index=ignore)
-    samples = SeededTransforms(_maybe_cached(train_ds, cfg.cache, progress and main), tf, cfg.seed)
+    decoded = _maybe_cached(train_ds, cfg.cache, progress and main)
+    samples = SeededTransforms(decoded, tf, cfg.seed)
     sampler = EpochSampler(ShardedSampler(len(samples), shuffle=True, seed=cfg.seed, pad=True))
     # One loader for the whole run: its workers start once, not every epoch (persistent_workers).
     loader = DataLoader(samples, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
@@ -406,7 +415,7 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
                             num_workers=cfg.workers, collate_fn=fdata.pad_collate, persistent_workers=cfg.workers > 0,
                             worker_init_fn=_ignore_stop_signals, generator=torch.Generator().manual_seed(cfg.seed))
     amp = resolve_precision(cfg.precision, device) == "bf16"
-    weights = _class_weights(train_ds, cfg.class_weights, progress and main)
+    weights = _class_weights(train_ds, cfg.class_weights, progress and main, decoded)
     if weights is not None:
         weights = weights.to(device)
     writer = _tensorboard(out) if main else None
@@ -514,8 +523,12 @@ def make_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedMo
     return torch.optim.swa_utils.AveragedModel(model, avg_fn=average, use_buffers=True)
 
 
-def _class_weights(ds: fdata.SegmentationDataset, mode: str, progress: bool) -> torch.Tensor | None:
-    """Median-frequency class weights over the training masks (``--class-weights median_freq``), or None."""
+def _class_weights(ds: fdata.SegmentationDataset, mode: str, progress: bool,
+                   decoded: Dataset | None = None) -> torch.Tensor | None:
+    """Median-frequency class weights over the training masks (``--class-weights median_freq``), or None.
+
+    The masks come from ``decoded`` when it is the decoded-image cache of ``ds`` (no second decoding pass).
+    """
     if mode == "none":
         return None
     if ds.tasks:
@@ -523,7 +536,12 @@ def _class_weights(ds: fdata.SegmentationDataset, mode: str, progress: bool) -> 
                          f"{', '.join(ds.tasks)}; fix: --class-weights none")
     from .losses import class_frequencies, median_frequency_weights
 
+    from .data.cache import DecodedCache
+
     def masks() -> Iterator[torch.Tensor]:
+        if isinstance(decoded, DecodedCache) and decoded.dataset is ds:
+            yield from (item[1].as_subclass(torch.Tensor) for item in decoded.items if item is not None)
+            return
         with Progress(len(ds), "class weights", "mask", enabled=progress) as bar:
             for _, mask_path in ds.samples:
                 yield torch.from_numpy(ds.load_mask(mask_path))
