@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from fcnseg.config import TrainConfig, make_config
 from fcnseg.losses import segmentation_loss
 from fcnseg.models import build
 from fcnseg.models.batchnorm import freeze_batch_norm, frozen_batch_norms, has_batch_norm, unfreeze_batch_norm
-from fcnseg.train import batch_norm_mode, run_train
+from fcnseg.train import FROZEN_BN_WARMUP, batch_norm_mode, run_train
 from test_train import tiny_cfg
 
 
@@ -120,7 +121,7 @@ def test_auto_is_frozen_for_trained_encoders_only():
     assert batch_norm_mode(TrainConfig(init_from="runs/a/best.pt")) == "frozen"
     assert batch_norm_mode(TrainConfig()) == "train"  # random weights: statistics must be estimated
     assert batch_norm_mode(TrainConfig(batch_norm="train", model_args={"pretrained": True})) == "train"
-    assert make_config("modern").warmup_steps == 50  # frozen at lr 0.01 diverged without a warm-up
+    assert make_config("modern").warmup_steps == -1  # auto: 50 steps when frozen (lr 0.01 diverged without)
     assert not has_batch_norm(build("fcn8s", num_classes=2, width=0.125))  # VGG: nothing to freeze
     with pytest.raises(ValueError, match="batch_norm must be auto, train or frozen"):
         tiny_cfg(Path("."), Path("."), batch_norm="fixed")
@@ -134,6 +135,7 @@ def test_training_with_frozen_batch_norm_keeps_the_statistics(data_root, tmp_pat
     with caplog.at_level("INFO", logger="fcnseg.train"):
         best = run_train(cfg, progress=False)
     assert any("49 frozen" in r.getMessage() and "49 folded" in r.getMessage() for r in caplog.records)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["warmup_steps"] == FROZEN_BN_WARMUP
     state = load_checkpoint(best).state_dict
     stats = [k for k in state if k.endswith(("running_mean", "running_var"))]
     gammas = [k for k in state if k.endswith("bn1.weight")]

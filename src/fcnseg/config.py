@@ -5,9 +5,10 @@ Two named recipes (``RECIPES``) override the defaults:
 * ``paper``: the reference solver of arXiv:1411.4038 (section 4.3 and the released ``solver.prototxt``):
   batch 1, summed loss, SGD momentum 0.99, fixed lr 1e-10 / 1e-12 / 1e-14 for 32s / 16s / 8s, weight decay
   5e-4, biases at twice the rate without decay, frozen bilinear upsampling, whole images, no augmentation.
-* ``modern``: pixel-averaged loss, batches of random crops padded with the ignore label, polynomial decay after
-  a 50-step linear warm-up, SGD or AdamW, mixed precision where bf16 is native; a trained encoder's batch norms
-  frozen and folded into its convolutions (``batch_norm="auto"``; without the warm-up, lr 0.01 diverged).
+* ``modern``: pixel-averaged loss, batches of random crops padded with the ignore label, polynomial decay, SGD
+  or AdamW, mixed precision where bf16 is native. With the defaults, a trained encoder's batch norms are frozen
+  and folded into its convolutions (``batch_norm="auto"``), behind a 50-step linear warm-up
+  (``warmup_steps=-1``, auto; without it lr 0.01 diverged).
 
 Precedence: dataclass defaults < recipe < config file (YAML/JSON) < command-line flags.
 """
@@ -58,7 +59,7 @@ class TrainConfig:
     bias_decay: bool = False  # biases (and norm parameters) are not decayed
     schedule: str = "poly"  # constant (paper) or poly
     poly_power: float = 0.9  # exponent of polynomial decay
-    warmup_steps: int = 0  # linear warm-up steps
+    warmup_steps: int = -1  # linear warm-up steps; -1 = auto: 50 when batch norm is frozen (lr 0.01 diverged without), else 0
     class_weights: str = "none"  # none, or median_freq: rare classes weigh more (SegNet's CamVid balancing)
     ema_decay: float = 0.0  # exponential moving average of the weights, validated and saved; 0 = off (try 0.999)
     max_steps: int = 2000  # optimisation steps in all
@@ -117,7 +118,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     ),
     "modern": dict(
         batch_size=8, loss="mean", optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4, bias_lr_mult=1.0,
-        schedule="poly", warmup_steps=50, crop_size=320, scale_min=0.5, scale_max=2.0, hflip=True,
+        schedule="poly", crop_size=320, scale_min=0.5, scale_max=2.0, hflip=True,
     ),
 }
 
@@ -198,6 +199,7 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.class_weights in ("none", "median_freq"),
          f"class_weights must be none or median_freq, not {cfg.class_weights!r}"),
         (0 <= cfg.ema_decay < 1, "ema_decay must lie in [0, 1): 0 is off, 0.999 a common choice"),
+        (cfg.warmup_steps >= -1, "warmup_steps must be -1 (auto), 0 (off) or a number of steps"),
         (cfg.batch_norm in ("auto", "train", "frozen"),
          f"batch_norm must be auto, train or frozen, not {cfg.batch_norm!r}"),
         (cfg.cache in ("auto", "on", "off"), f"cache must be auto, on or off, not {cfg.cache!r}"),

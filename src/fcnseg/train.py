@@ -97,6 +97,10 @@ def default_normalization(model: str, model_args: dict[str, Any] | None = None) 
     return PRETRAINED_NORMALIZATION.get(model, "imagenet")
 
 
+FROZEN_BN_WARMUP = 50
+"""Warm-up steps of ``warmup_steps=-1`` (auto) when batch norm is frozen (CamVid, benchmarks/RESULTS.md)."""
+
+
 def batch_norm_mode(cfg: TrainConfig) -> str:
     """``"frozen"`` or ``"train"``: ``cfg.batch_norm``, where ``auto`` is frozen when the weights start trained.
 
@@ -133,7 +137,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
     def factor(step: int) -> float:
-        warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
         if cfg.schedule == "poly":
             return warm * max(0.0, 1 - step / cfg.max_steps) ** cfg.poly_power
         return warm
@@ -326,10 +330,13 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
             norm = init_norm
     if cfg.freeze_encoder:
         model.encoder.requires_grad_(False)  # type: ignore[union-attr]
-    if batch_norm_mode(cfg) == "frozen" and has_batch_norm(model):
+    frozen_bn = batch_norm_mode(cfg) == "frozen" and has_batch_norm(model)
+    if frozen_bn:
         frozen, folded = freeze_batch_norm(model)
         log.info("batch norm: %d frozen (running statistics fixed, gamma/beta trained), %d folded into their "
                  "convolutions; --batch-norm train re-estimates them", frozen, folded)
+    if cfg.warmup_steps < 0:  # auto: frozen batch norm at lr 0.01 diverged within 30 steps without a warm-up
+        cfg = dataclasses.replace(cfg, warmup_steps=FROZEN_BN_WARMUP if frozen_bn else 0)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
