@@ -10,8 +10,8 @@ and an affine map after a convolution folds into the convolution's weights and b
 
 The folded convolution is recomputed from ``w``, ``gamma`` and ``beta`` at every forward pass (a few thousand
 multiplications), so gradients reach all three exactly as through conv -> frozen BN, and the per-pixel batch-norm
-pass and its backward disappear: about 1.15x per CPU training step of the EfficientNet-Lite0 FCN-8s
-(``benchmarks/train_step.py --batch-norm``, benchmarks/RESULTS.md). ``fcnseg train`` freezes them when the
+pass and its backward disappear: ``fcnseg train`` of the EfficientNet-Lite0 FCN-8s ran at 6.96 against 5.97
+images/s with ``--batch-norm train`` (1.17x; ``benchmarks/train_speed.py``, benchmarks/RESULTS.md). ``fcnseg train`` freezes them when the
 encoder starts trained (``--batch-norm auto``), behind a 50-step learning-rate warm-up: without one, fine-tuning
 at lr 0.01 diverged.
 
