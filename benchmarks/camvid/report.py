@@ -50,7 +50,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(classes))
     for r in rows:
         d = runs[r]
-        steps = d["command"].split("--max-steps ")[1].split()[0]
+        steps = d.get("steps") or d["command"].split("--max-steps ")[1].split()[0]  # "steps": a resumed run
         cells = [f"{100 * d[k]:.1f}" for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")]
         ious = [f"{100 * v:.1f}" if v is not None else "-" for v in d["class_iu"]]
         print(f"| {LABEL.get(r, r)} | {steps} | {d['train_seconds'] / 60:.1f} | " + " | ".join(cells + ious) + " |")

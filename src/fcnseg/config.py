@@ -59,14 +59,14 @@ class TrainConfig:
     bias_decay: bool = False  # biases (and norm parameters) are not decayed
     schedule: str = "poly"  # constant (paper) or poly
     poly_power: float = 0.9  # exponent of polynomial decay
-    warmup_steps: int = -1  # linear warm-up steps; -1 = auto: 50 when batch norm is frozen (lr 0.01 diverged without), else 0
+    warmup_steps: int = -1  # linear warm-up steps; -1 = auto: 50 if batch norm is frozen (it diverged without), else 0
     class_weights: str = "none"  # none, or median_freq: rare classes weigh more (SegNet's CamVid balancing)
     ema_decay: float = 0.0  # exponential moving average of the weights, validated and saved; 0 = off (try 0.999)
     max_steps: int = 2000  # optimisation steps in all
     stop_at: int = 0  # stop (with a checkpoint) at this step, keeping max_steps' schedule; resume later; 0 = off
     precision: str = "auto"  # autocast: auto = bf16 where native (bf16 GPU, AVX512-BF16/AMX CPU), else fp32; fp32; bf16
     channels_last: bool = True  # NHWC activations: oneDNN's fast layout (1.5x per CPU step, benchmarks/RESULTS.md)
-    batch_norm: str = "auto"  # frozen (fixed statistics, folded into the convs) when the encoder starts trained, else train
+    batch_norm: str = "auto"  # auto = frozen (statistics fixed, folded into convs) for a trained encoder, else train
     compile: bool = False  # torch.compile the training step (fuses batch norm and activations; ~1-2 min to compile)
     # --- augmentation ---
     crop_size: int = 320  # random crop side; 0 = whole images (batches padded with the ignore label)

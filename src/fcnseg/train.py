@@ -541,9 +541,8 @@ def _class_weights(ds: fdata.SegmentationDataset, mode: str, progress: bool,
     if ds.tasks:
         raise ValueError(f"--class-weights {mode} is for single-task datasets; {ds} has tasks "
                          f"{', '.join(ds.tasks)}; fix: --class-weights none")
-    from .losses import class_frequencies, median_frequency_weights
-
     from .data.cache import DecodedCache
+    from .losses import class_frequencies, median_frequency_weights
 
     def masks() -> Iterator[torch.Tensor]:
         if isinstance(decoded, DecodedCache) and decoded.dataset is ds:

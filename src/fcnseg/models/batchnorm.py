@@ -10,10 +10,10 @@ and an affine map after a convolution folds into the convolution's weights and b
 
 The folded convolution is recomputed from ``w``, ``gamma`` and ``beta`` at every forward pass (a few thousand
 multiplications), so gradients reach all three exactly as through conv -> frozen BN, and the per-pixel batch-norm
-pass and its backward disappear: ``fcnseg train`` of the EfficientNet-Lite0 FCN-8s ran at 6.96 against 5.97
-images/s with ``--batch-norm train`` (1.17x; ``benchmarks/train_speed.py``, benchmarks/RESULTS.md). ``fcnseg train`` freezes them when the
-encoder starts trained (``--batch-norm auto``), behind a 50-step learning-rate warm-up: without one, fine-tuning
-at lr 0.01 diverged.
+pass and its backward disappear: ``fcnseg train`` of the EfficientNet-Lite0 FCN-8s ran at 6.96 against
+5.97 images/s with ``--batch-norm train`` (1.17x; ``benchmarks/train_speed.py``, benchmarks/RESULTS.md).
+``fcnseg train`` freezes them when the encoder starts trained (``--batch-norm auto``), behind a 50-step
+learning-rate warm-up: without one, fine-tuning at lr 0.01 diverged.
 
 Parameters, buffers and ``state_dict`` keys are unchanged (the modules change class, not contents), so
 checkpoints load into unfolded models and the other way round. A batch norm whose input is not the output of the
@@ -106,7 +106,7 @@ def _fold_pairs(model: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
     pairs = []
     for parent in model.modules():
         children = list(parent.children())
-        for conv, bn in zip(children, children[1:]):
+        for conv, bn in zip(children, children[1:], strict=False):
             if (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and _foldable_bn(bn)
                     and bn.num_features == conv.out_channels and not hasattr(type(bn), "_fcnseg_base")):
                 pairs.append((conv, bn))
@@ -137,7 +137,7 @@ def _fold_matches(model: nn.Module, pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]
         after = _outputs(model, x)
         ok = len(before) == len(after) and all(
             a.shape == b.shape and torch.allclose(a, b, rtol=1e-3, atol=1e-3 * (1 + float(b.abs().max())))
-            for a, b in zip(before, after))
+            for a, b in zip(before, after, strict=True))
     finally:
         for m, t in modes.items():
             m.training = t
