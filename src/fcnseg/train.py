@@ -110,8 +110,7 @@ def batch_norm_mode(cfg: TrainConfig) -> str:
     """
     if cfg.batch_norm != "auto":
         return cfg.batch_norm
-    pretrained = cfg.model_args.get("pretrained", False)
-    trained = pretrained not in (False, None, "", "false", "False", 0) or bool(cfg.init_from)
+    trained = bool(cfg.model_args.get("pretrained")) or bool(cfg.init_from)
     return "frozen" if trained else "train"
 
 

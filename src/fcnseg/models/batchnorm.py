@@ -83,6 +83,10 @@ def _swap(m: nn.Module, kind: str) -> None:
     m.__class__ = _CLASSES[key]
 
 
+def _swapped(m: nn.Module) -> bool:
+    return hasattr(type(m), "_fcnseg_base")
+
+
 def _unswap(m: nn.Module) -> None:
     base = getattr(type(m), "_fcnseg_base", None)
     if base is not None:
@@ -108,7 +112,7 @@ def _fold_pairs(model: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
         children = list(parent.children())
         for conv, bn in zip(children, children[1:], strict=False):
             if (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and _foldable_bn(bn)
-                    and bn.num_features == conv.out_channels and not hasattr(type(bn), "_fcnseg_base")):
+                    and bn.num_features == conv.out_channels and not _swapped(bn)):
                 pairs.append((conv, bn))
     return pairs
 
@@ -150,16 +154,16 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     _swap(bn, "folded_bn")
 
 
-def freeze_batch_norm(model: nn.Module, *, fold: bool = True, in_channels: int | None = None) -> tuple[int, int]:
+def freeze_batch_norm(model: nn.Module, *, in_channels: int | None = None) -> tuple[int, int]:
     """Freeze the running statistics of every batch norm of ``model``, in place; returns ``(frozen, folded)``.
 
-    Frozen batch norms stay in eval mode through ``model.train()``; ``gamma`` and ``beta`` still train. With
-    ``fold``, each one that directly follows a convolution is computed inside it (module docstring), after a
-    probe check that the folded model's eval output equals the unfolded one's (else nothing is folded).
+    Frozen batch norms stay in eval mode through ``model.train()``; ``gamma`` and ``beta`` still train. Each one
+    that directly follows a convolution is computed inside it (module docstring), after a probe check that the
+    folded model's eval output equals the unfolded one's (else nothing is folded).
     ``in_channels`` is the probe's channel count (default: the first convolution's). Undo with
     :func:`unfreeze_batch_norm`; ``state_dict`` is the same either way.
     """
-    pairs = _fold_pairs(model) if fold else []
+    pairs = _fold_pairs(model)
     if pairs:
         if in_channels is None:
             in_channels = getattr(model, "in_channels", None) or next(
@@ -171,9 +175,9 @@ def freeze_batch_norm(model: nn.Module, *, fold: bool = True, in_channels: int |
         if not same:
             unfreeze_batch_norm(model)
     for m in model.modules():
-        if _foldable_bn(m) and not hasattr(type(m), "_fcnseg_base"):
-            _swap(m, "frozen")
-        if isinstance(m, nn.BatchNorm2d) and hasattr(type(m), "_fcnseg_base"):
+        if _foldable_bn(m):
+            if not _swapped(m):
+                _swap(m, "frozen")
             m.training = False
     return frozen_batch_norms(model)
 
