@@ -163,7 +163,7 @@ def test_interrupt_saves_the_current_step_and_says_how_to_resume(data_root: Path
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    _assert_one_line(err, f"interrupted: {sig.name} at step", "resume with: fcnseg train --resume")
+    _assert_one_line(err, f"interrupted: {sig.name} at step", "fix: resume with --resume")
     step = int(err.split(" at step ")[1].split(":")[0])
     ck = load_checkpoint(run / "last.pt")
     assert ck.train_state["step"] == step >= 3

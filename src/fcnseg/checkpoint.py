@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import CheckpointError
 from .models import build
 from .normalization import Normalization, get_normalization
 from .outputs import atomic_write
@@ -44,8 +45,6 @@ def task_extra(tasks: TaskTables | None) -> dict[str, Any]:
 FORMAT, VERSION = "fcnseg", 1
 
 
-class CheckpointError(ValueError):
-    """A file that is not a readable fcnseg checkpoint; the message names the file."""
 
 
 @dataclass

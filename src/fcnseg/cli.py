@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    from .train import TrainingInterrupted
+    from .errors import FcnsegError, TrainingInterrupted
 
     def fail(message: str, code: int) -> int:
         print(f"fcnseg {args.command}: {message}", file=sys.stderr)
@@ -461,8 +461,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command][1](args)
-    except TrainingInterrupted as e:
-        return fail(f"interrupted: {e}", 130)
+    except FcnsegError as e:
+        if args.debug and not isinstance(e, TrainingInterrupted):
+            raise
+        kind = "interrupted" if isinstance(e, TrainingInterrupted) else "error"
+        return fail(f"{kind}: {_one_line(e.render(flag_spelling))}", e.exit_code)
     except KeyboardInterrupt:
         if args.debug:
             raise
@@ -494,10 +497,22 @@ def main(argv: list[str] | None = None) -> int:
                     f"and report it", 1)
 
 
-def _one_line(e: BaseException) -> str:
-    """The exception's message as one line: a DataLoader worker's wrapped traceback is cut to its message."""
-    from .io import clean_error_message
+FLAG_NAMES = {"out_dir": "--out", "data_root": "--data", "model_args": "--model-arg", "dataset_args": "--dataset-arg",
+              "onnx_file": "--onnx", "timeout_s": "--timeout"}
+"""Option field names whose flag is not ``--`` + the name with dashes."""
 
+
+def flag_spelling(field: str) -> str:
+    """An option's field name as the flag a user types: ``skip_bad`` -> ``--skip-bad``."""
+    return FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
+
+
+def _one_line(e: BaseException | str) -> str:
+    """The exception's message as one line: a DataLoader worker's wrapped traceback is cut to its message."""
+    from .errors import clean_error_message
+
+    if isinstance(e, str):
+        return " ".join(e.split()) if "\n" in e else e
     text = clean_error_message(str(e), type(e).__name__) or type(e).__name__
     if isinstance(e, KeyError) and text.startswith(("'", '"')):
         text = text[1:-1]

@@ -13,6 +13,8 @@ import torch
 from torch import distributed as dist
 from torch.utils.data import Sampler
 
+from .errors import DistributedError
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -29,8 +31,6 @@ dataset with a cold cache takes long, and is not a stall)."""
 _GROUPS: dict[str, Any] = {}  # gloo side groups: "checks" (long timeout), "flags" (CPU flags under NCCL too)
 
 
-class DistributedError(RuntimeError):
-    """A process of a multi-process run stopped answering or failed; the message names the rank."""
 
 
 def init_distributed(device: str = "", timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[int, int, torch.device]:

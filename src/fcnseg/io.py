@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from .errors import DataError, clean_error_message
+
 __all__ = [
     "DataError", "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageHeader", "read_image", "read_image_array",
     "open_image", "open_mask", "read_depth", "read_header", "to_rgb8", "is_image_file", "clean_error_message",
@@ -65,34 +67,6 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 # Orientations 5-8 turn the picture by 90 degrees: the displayed width is the stored height.
 _TRANSPOSED = {5, 6, 7, 8}
 _EXIF_ORIENTATION = 0x0112
-
-
-class DataError(ValueError):
-    """A user's file or folder is missing or malformed; the message names the file and says the fix.
-
-    Raised inside a DataLoader worker, PyTorch re-raises it in the main process as ``DataError(text)`` where
-    the text wraps the worker's whole traceback; the constructor keeps only the original one-line message.
-    """
-
-    def __init__(self, message: str = ""):
-        super().__init__(clean_error_message(str(message), type(self).__name__))
-
-
-def clean_error_message(message: str, name: str | None = None) -> str:
-    """The original message of an exception re-raised from a DataLoader worker, else ``message`` unchanged.
-
-    PyTorch's ``ExceptionWrapper`` builds ``"Caught X in DataLoader worker process N.\\nOriginal Traceback
-    ...\\nmodule.X: message"``; the last line that starts with the exception's (qualified) name holds the
-    message a user needs.
-    """
-    if "Original Traceback" not in message:
-        return message
-    lines = message.rstrip().splitlines()
-    for line in reversed(lines):
-        head, sep, rest = line.partition(": ")
-        if sep and (name is None or head == name or head.endswith("." + name)) and " " not in head:
-            return rest
-    return lines[-1]
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from .errors import OutputError
+
 __all__ = ["OutputError", "check_output_dir", "check_output_file", "atomic_write", "describe_os_error",
            "remove_stale_temp_files", "TEMP_SUFFIX"]
 
@@ -27,8 +29,6 @@ TEMP_SUFFIX = ".tmp"
 FILE_MODE = 0o644
 
 
-class OutputError(ValueError):
-    """An output path cannot be written; the message names the path, the flag and the fix."""
 
 
 def describe_os_error(e: OSError, path: str | os.PathLike[str], flag: str = "--out") -> str:

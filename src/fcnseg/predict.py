@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .engine import predict_logits, prepare_inference
+from .errors import PredictionError
 from .io import DEFAULT_MAX_PIXELS, DataError, is_image_file, read_image
 from .models import head_labels
 from .outputs import atomic_write, check_output_dir
@@ -35,8 +36,6 @@ DEFAULT_TILE_PIXELS = 1024 * 1024
 """Images with more pixels than this are predicted in tiles of about this many pixels (bounded memory)."""
 
 
-class PredictionError(RuntimeError):
-    """Prediction of one image failed (e.g. out of memory); the message names the image and the flag to use."""
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:

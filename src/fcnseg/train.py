@@ -33,6 +33,7 @@ from .distributed import (
     on_main,
 )
 from .engine import evaluate, set_train_mode, train_one_epoch
+from .errors import TrainingInterrupted
 from .models import build, task_heads
 from .models.batchnorm import freeze_batch_norm, has_batch_norm
 from .normalization import get_normalization
@@ -156,14 +157,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((3, tuple(state["python"]), None))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class TrainingInterrupted(Exception):
-    """SIGINT or SIGTERM stopped training; ``last.pt`` holds the step reached (``path``)."""
-
-    def __init__(self, step: int, path: Path, signal_name: str):
-        super().__init__(f"{signal_name} at step {step}: saved {path}; resume with: fcnseg train --resume {path}")
-        self.step, self.path = step, path
 
 
 class _StopRequest:

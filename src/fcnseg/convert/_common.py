@@ -11,6 +11,7 @@ from torch import nn
 
 from ..checkpoint import Checkpoint, save_checkpoint, task_extra
 from ..classes import VOC_CLASSES, voc_palette
+from ..errors import ConvertError
 from ..models import FCN, build, task_heads
 from ..normalization import Normalization
 
@@ -19,8 +20,6 @@ __all__ = ["ConvertError", "VOC_CLASSES", "voc_palette", "class_table", "build_t
 PathLike = str | os.PathLike[str]
 
 
-class ConvertError(ValueError):
-    """Weights that cannot become the requested fcnseg model; the message names the file and the layer."""
 
 
 def class_table(num_classes: int, classes: Sequence[str] | None
