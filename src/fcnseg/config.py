@@ -211,3 +211,50 @@ def _validate(cfg: TrainConfig) -> None:
     for ok, msg in checks:
         if not ok:
             raise ValueError(msg)
+
+
+@dataclass
+class EvalConfig:
+    """``fcnseg eval``'s options (``fcnseg.evaluate.run_eval``). Empty dataset/data_root/split: the checkpoint's
+    validation set."""
+
+    checkpoint: str = ""  # fcnseg checkpoint (.pt); gives the classes and, for engine=torch, the weights
+    dataset: str = ""  # dataset family; empty = the checkpoint's validation set
+    data_root: str = ""  # dataset folder; empty = the checkpoint's validation folder
+    split: str = ""  # split to score; empty = the checkpoint's validation split
+    dataset_args: dict[str, Any] = field(default_factory=dict)  # extra dataset kwargs
+    out: str = ""  # JSON file for the metrics and the confusion matrix (checked before any work)
+    overwrite: bool = False  # replace out if it exists
+    engine: str = "torch"  # torch: the checkpoint's weights; onnxruntime: the exported onnx_file
+    onnx_file: str = ""  # ONNX file for engine=onnxruntime (made by `fcnseg export`)
+    flip: bool = False  # average with the mirrored prediction (torch engine)
+    scales: tuple[float, ...] = (1.0,)  # multi-scale test-time augmentation factors (torch engine)
+    precision: str = "auto"  # auto = bf16 where native, else fp32; fp32; bf16
+    window: int = 0  # sliding-window side in pixels (0 = whole images)
+    device: str = ""  # cpu, cuda, cuda:1; empty = cuda if available
+    workers: int = 2  # data-loading processes
+    skip_bad: bool = False  # skip unreadable or inconsistent samples (counted) instead of stopping
+    check_data: str = "headers"  # validate the split before scoring: headers, labels, full, off
+    max_pixels: int = 50_000_000  # largest image read (width x height)
+    max_images: int = 0  # evaluate only the first N images (0 = all)
+
+
+@dataclass
+class PredictConfig:
+    """``fcnseg predict``'s options (``fcnseg.predict.run_predict``)."""
+
+    checkpoint: str = ""  # fcnseg checkpoint (.pt)
+    inputs: list[str] = field(default_factory=list)  # image files or folders (searched recursively)
+    out_dir: str = ""  # output folder (checked before any work)
+    overlay: bool = True  # also write <stem>_overlay.png
+    overwrite: bool = False  # write into a non-empty output folder
+    skip_bad: bool = False  # skip unreadable images (counted) instead of stopping
+    flip: bool = False  # average with the mirrored prediction
+    window: int = 0  # sliding-window side in pixels, averaged (0 = off)
+    tile_pixels: int = 1024 * 1024  # images with more pixels are predicted in tiles of about this many
+    max_pixels: int = 50_000_000  # largest image read (width x height); larger files are refused
+    device: str = ""  # cpu, cuda, cuda:1; empty = cuda if available
+    workers: int = 2  # image-decoding processes
+    engine: str = "torch"  # torch: the checkpoint's weights; onnxruntime: the exported onnx_file
+    onnx_file: str = ""  # ONNX file for engine=onnxruntime
+    precision: str = "auto"  # auto = bf16 where native, else fp32; fp32; bf16
