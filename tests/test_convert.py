@@ -1,7 +1,8 @@
 """Weight import: caffemodels written by the real protobuf library, and torchvision VGG16 state dicts.
 
-The caffemodels are serialised by ``google.protobuf`` from message types declared here with caffe.proto's
-field numbers, independently of fcnseg's hand-written decoder, so reading them back tests the decoder.
+The caffemodels are serialised by ``google.protobuf`` with classes built from the library's own declaration of
+caffe.proto's subset (:mod:`fcnseg.convert.caffe_proto`) plus fields the reader must skip; the declaration's
+field numbers are checked against BVLC Caffe's caffe.proto, written out here.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2
 from torch import nn
 
 from fcnseg.checkpoint import load_checkpoint
@@ -25,6 +26,7 @@ from fcnseg.convert import (
     vgg16_trunk_state,
 )
 from fcnseg.convert._common import VOC_CLASSES, voc_palette
+from fcnseg.convert.caffe_proto import CAFFE_PROTO, V1_TYPE_NAMES, caffe_messages
 from fcnseg.convert.torchvision import TORCHVISION_VGG16_KEYS
 from fcnseg.models import FCN, BilinearUpsample, build
 from fcnseg.models.vgg import TORCHVISION_VGG16_CONVS
@@ -33,65 +35,63 @@ from fcnseg.normalization import CAFFE_VGG, IMAGENET
 from conftest import TINY
 
 # ---------------------------------------------------------------------------------------------------------
-# caffe.proto's weight-carrying messages, declared with BVLC Caffe's field numbers. Fields the decoder must
-# skip (bottom, top, param, convolution_param, diff, blobs_lr) are declared too, so the files carry them.
+# caffe.proto: the library's declaration, checked against BVLC Caffe's src/caffe/proto/caffe.proto, and a
+# writer built from it with the fields a real caffemodel carries that the reader must skip.
 
 _F = descriptor_pb2.FieldDescriptorProto
+_BVLC = {  # message -> field -> (number, type) in BVLC caffe.proto
+    "BlobShape": {"dim": (1, _F.TYPE_INT64)},
+    "BlobProto": {"num": (1, _F.TYPE_INT32), "channels": (2, _F.TYPE_INT32), "height": (3, _F.TYPE_INT32),
+                  "width": (4, _F.TYPE_INT32), "data": (5, _F.TYPE_FLOAT), "shape": (7, _F.TYPE_MESSAGE),
+                  "double_data": (8, _F.TYPE_DOUBLE)},
+    "LayerParameter": {"name": (1, _F.TYPE_STRING), "type": (2, _F.TYPE_STRING), "blobs": (7, _F.TYPE_MESSAGE)},
+    "V0LayerParameter": {"name": (1, _F.TYPE_STRING), "type": (2, _F.TYPE_STRING),
+                         "blobs": (50, _F.TYPE_MESSAGE)},
+    "V1LayerParameter": {"layer": (1, _F.TYPE_MESSAGE), "name": (4, _F.TYPE_STRING), "type": (5, _F.TYPE_ENUM),
+                         "blobs": (6, _F.TYPE_MESSAGE)},
+    "NetParameter": {"name": (1, _F.TYPE_STRING), "layers": (2, _F.TYPE_MESSAGE), "layer": (100, _F.TYPE_MESSAGE)},
+}
 _V1_ENUM = {"Convolution": 4, "Dropout": 6, "InnerProduct": 14, "Pooling": 17, "ReLU": 18, "Softmax": 20,
             "SoftmaxWithLoss": 21, "Deconvolution": 39, "Python": 0, "Crop": 0, "Scale": 0, "Data": 5}
 
 
-def _message(fdp: descriptor_pb2.FileDescriptorProto, name: str, fields: list[tuple]
-             ) -> descriptor_pb2.DescriptorProto:
-    """Declare message ``name``; each field is (name, number, type, repeated[, type_name[, packed]])."""
-    m = fdp.message_type.add(name=name)
+def test_caffe_proto_has_caffes_field_numbers():
+    declared = {m.name: {f.name: (f.number, f.type) for f in m.field} for m in CAFFE_PROTO.message_type}
+    assert declared == _BVLC
+    assert all(V1_TYPE_NAMES[n] == k for k, n in _V1_ENUM.items() if n)
+
+
+def _extra(fdp: descriptor_pb2.FileDescriptorProto, message: str, fields: list[tuple]) -> None:
+    """Add fields (name, number, type, repeated[, type_name]) to ``message`` of ``fdp``, declaring it if new."""
+    m = next((m for m in fdp.message_type if m.name == message), None) or fdp.message_type.add(name=message)
     for fname, number, ftype, repeated, *rest in fields:
         f = m.field.add(name=fname, number=number, type=ftype,
                         label=_F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL)
-        if rest and rest[0]:
+        if rest:
             f.type_name = rest[0]
-        if len(rest) > 1 and rest[1] is not None:
-            f.options.packed = rest[1]
-    return m
 
 
 def _caffe_net_class(packed: bool) -> type:
-    """``caffe.NetParameter``; ``packed`` False writes repeated numbers one field each (legal proto2)."""
-    fdp = descriptor_pb2.FileDescriptorProto(name=f"caffe_subset_{packed}.proto", package="caffe",
-                                             syntax="proto2")
-    i64, f32, f64, s, u32 = _F.TYPE_INT64, _F.TYPE_FLOAT, _F.TYPE_DOUBLE, _F.TYPE_STRING, _F.TYPE_UINT32
-    msg = _F.TYPE_MESSAGE
-    _message(fdp, "BlobShape", [("dim", 1, i64, True, None, packed)])
-    _message(fdp, "BlobProto", [
-        ("num", 1, i64, False), ("channels", 2, i64, False), ("height", 3, i64, False),
-        ("width", 4, i64, False),
-        ("data", 5, f32, True, None, packed), ("diff", 6, f32, True, None, packed),
-        ("shape", 7, msg, False, ".caffe.BlobShape"), ("double_data", 8, f64, True, None, packed),
-    ])
-    _message(fdp, "ParamSpec", [("name", 1, s, False), ("lr_mult", 3, f32, False)])
-    _message(fdp, "ConvolutionParameter", [("num_output", 1, u32, False), ("kernel_size", 4, u32, True)])
-    _message(fdp, "LayerParameter", [
-        ("name", 1, s, False), ("type", 2, s, False), ("bottom", 3, s, True), ("top", 4, s, True),
-        ("param", 6, msg, True, ".caffe.ParamSpec"), ("blobs", 7, msg, True, ".caffe.BlobProto"),
-        ("convolution_param", 106, msg, False, ".caffe.ConvolutionParameter"),
-    ])
-    _message(fdp, "V0LayerParameter", [("name", 1, s, False), ("type", 2, s, False),
-                                       ("blobs", 50, msg, True, ".caffe.BlobProto")])
-    v1 = _message(fdp, "V1LayerParameter", [
-        ("layer", 1, msg, False, ".caffe.V0LayerParameter"), ("bottom", 2, s, True), ("top", 3, s, True),
-        ("name", 4, s, False), ("type", 5, _F.TYPE_ENUM, False, ".caffe.V1LayerParameter.LayerType"),
-        ("blobs", 6, msg, True, ".caffe.BlobProto"), ("blobs_lr", 7, f32, True),
-    ])
-    enum = v1.enum_type.add(name="LayerType")
-    for name, number in {"NONE": 0, **{k.upper(): v for k, v in _V1_ENUM.items() if v}}.items():
-        enum.value.add(name=name, number=number)
-    _message(fdp, "NetParameter", [
-        ("name", 1, s, False), ("layers", 2, msg, True, ".caffe.V1LayerParameter"), ("input", 3, s, True),
-        ("layer", 100, msg, True, ".caffe.LayerParameter"),
-    ])
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("caffe.NetParameter"))
+    """``caffe.NetParameter`` of the library's declaration plus fields to skip (bottom, top, param,
+    convolution_param, diff, blobs_lr, input); ``packed`` False writes repeated numbers one field each (legal
+    proto2, which readers must accept)."""
+    fdp = descriptor_pb2.FileDescriptorProto()
+    fdp.CopyFrom(CAFFE_PROTO)
+    fdp.name = f"caffe_test_{packed}.proto"
+    s, f32, u32, msg = _F.TYPE_STRING, _F.TYPE_FLOAT, _F.TYPE_UINT32, _F.TYPE_MESSAGE
+    _extra(fdp, "ParamSpec", [("name", 1, s, False), ("lr_mult", 3, f32, False)])
+    _extra(fdp, "ConvolutionParameter", [("num_output", 1, u32, False), ("kernel_size", 4, u32, True)])
+    _extra(fdp, "BlobProto", [("diff", 6, f32, True)])
+    _extra(fdp, "LayerParameter", [("bottom", 3, s, True), ("top", 4, s, True),
+                                   ("param", 6, msg, True, ".caffe.ParamSpec"),
+                                   ("convolution_param", 106, msg, False, ".caffe.ConvolutionParameter")])
+    _extra(fdp, "V1LayerParameter", [("bottom", 2, s, True), ("top", 3, s, True), ("blobs_lr", 7, f32, True)])
+    _extra(fdp, "NetParameter", [("input", 3, s, True)])
+    for m in fdp.message_type:
+        for f in m.field:
+            if f.label == _F.LABEL_REPEATED and f.type not in (s, msg):
+                f.options.packed = packed
+    return caffe_messages(fdp)["NetParameter"]
 
 
 Layer = tuple[str, str, list[np.ndarray]]  # name, type, blobs
@@ -220,7 +220,7 @@ def test_not_a_caffemodel_is_named(tmp_path):
     full = write_caffemodel(tmp_path / "full.caffemodel", layers).read_bytes()
     cut = tmp_path / "cut.caffemodel"
     cut.write_bytes(full[: len(full) // 2])
-    with pytest.raises(ConvertError, match="cut.caffemodel.*runs past the end"):
+    with pytest.raises(ConvertError, match="cut.caffemodel is not a readable Caffe model.*fix: give the binary"):
         read_caffemodel(cut)
     text = tmp_path / "deploy.prototxt"
     text.write_text('name: "x"\n')
@@ -347,15 +347,16 @@ def test_caffe_errors_name_the_file_and_the_layer(tmp_path):
         convert(_replace(layers, "conv3_2", [np.zeros((8, 8, 5, 5), np.float32), np.zeros(8, np.float32)]))
     with pytest.raises(ConvertError, match="layer 'conv3_2' has 1 blobs; fcn16s expects 2"):
         convert(_replace(layers, "conv3_2", [np.zeros((8, 8, 3, 3), np.float32)]))
-    with pytest.raises(ConvertError, match="case.caffemodel lacks layers that fcn16s needs: conv4_1$"):
+    with pytest.raises(ConvertError, match="case.caffemodel lacks layers that fcn16s needs: conv4_1; fix: set `model`"):
         convert([layer for layer in layers if layer[0] != "conv4_1"])
-    with pytest.raises(ConvertError, match="lacks layers that fcn8s needs: score_pool3; .*staged"):
+    with pytest.raises(ConvertError, match="lacks layers that fcn8s needs: score_pool3; fix: .*`init_from`.*staged"):
         convert(layers, model="fcn8s")  # an FCN-16s file into FCN-8s
     with pytest.raises(ConvertError, match=r"'score_fr' blob 0 has shape \(21, 128, 1, 1\); fcn16s expects "
-                                           r"\(5, 128, 1, 1\)"):
+                                           r"\(5, 128, 1, 1\)") as e:
         convert(layers, num_classes=5)
+    assert e.value.options == ("num_classes", "model") and e.value.path.endswith("case.caffemodel")
     with pytest.raises(ConvertError, match="lacks layers that fcn_alexnet needs: conv1, conv2, conv3, conv4, "
-                                           "conv5$"):
+                                           "conv5; fix"):
         convert(layers, model="fcn_alexnet")  # a VGG file into FCN-AlexNet
     c = 21
     off_diagonal = np.zeros((c, c, 4, 4), np.float32)
