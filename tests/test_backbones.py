@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from fcnseg.errors import CheckpointError, ConfigError
 from fcnseg.models import AlexNetTrunk, BilinearUpsample, CoordMap, VGG16Trunk, build, list_models
 from fcnseg.models.backbones import (
     PRETRAINED_NORMALIZATION,
@@ -136,13 +137,14 @@ def test_fcn_timm_over_another_family():
     with torch.no_grad():
         for h, w in [(1, 1), (33, 33), (100, 37)]:
             assert model(torch.randn(1, 3, h, w)).shape == (1, 4, h, w)
-    with pytest.raises(ValueError, match="stride"):
+    with pytest.raises(ConfigError, match="stride must be 32, 16 or 8, not 4; fix: set stride in `model_args`"):
         build("fcn_timm", encoder="resnet18", stride=4)
 
 
 def test_dynamic_same_padding_is_rejected():
-    with pytest.raises(ValueError, match="SAME"):
+    with pytest.raises(ConfigError, match="SAME") as e:
         build("fcn_timm", encoder="tf_efficientnet_lite0")
+    assert e.value.option == "model_args"
 
 
 class _Patchify(nn.Module):
@@ -170,9 +172,9 @@ class _Unknown(nn.Module):
 
 def test_trace_rejects_what_it_cannot_align():
     assert trace_coord_maps(_Patchify(), 3) == {"pool3": CoordMap(Fraction(1, 8), Fraction(-7, 16))}
-    with pytest.raises(ValueError, match="drops border pixels"):
+    with pytest.raises(ConfigError, match="drops border pixels"):
         trace_coord_maps(_Patchify(), 3, covering=True)
-    with pytest.raises(ValueError, match="PixelUnshuffle"):
+    with pytest.raises(ConfigError, match="PixelUnshuffle"):
         trace_coord_maps(_Unknown(), 3)
 
 
@@ -191,5 +193,5 @@ def test_load_timm_state_dict_names_missing_tensors():
     full = {k.removeprefix("body.").removeprefix("head."): v for k, v in enc.state_dict().items()}
     assert enc.load_timm_state_dict({**full, "classifier.weight": torch.zeros(1)}) == ["classifier.weight"]
     del full["conv_head.weight"]
-    with pytest.raises(KeyError, match="head.conv_head.weight"):
+    with pytest.raises(CheckpointError, match="head.conv_head.weight"):
         enc.load_timm_state_dict(full)

@@ -32,6 +32,7 @@ import torch
 from timm.models.efficientnet import EfficientNetFeatures
 from torch import Tensor, nn
 
+from ..errors import CheckpointError, ConfigError
 from ..normalization import IMAGENET, Normalization, register_normalization
 from . import register, siftflow_heads
 from .fcn import FCN
@@ -52,6 +53,7 @@ ROLE_STRIDES = {"pool3": 8, "pool4": 16, "fc7": 32}
 
 # Layers whose coordinate map :func:`trace_coord_maps` composes; any other layer must keep the size.
 _SPATIAL = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+_OTHER_ENCODER = "choose another encoder in {model_args} (e.g. encoder=efficientnet_lite0)"
 
 
 class TimmEncoder(nn.Module):
@@ -78,7 +80,8 @@ class TimmEncoder(nn.Module):
         reductions = self.body.feature_info.reduction()
         missing = [s for s in ROLE_STRIDES.values() if s not in reductions]
         if missing:
-            raise ValueError(f"timm {name!r} has no features at strides {missing} (it has {reductions})")
+            raise ConfigError(f"timm {name!r} has no features at strides {missing} (it has {reductions})",
+                              fix=_OTHER_ENCODER)
         # The deepest feature at each stride, like VGG's pool outputs.
         self.indices = {
             role: max(i for i, r in enumerate(reductions) if r == s) for role, s in ROLE_STRIDES.items()
@@ -112,7 +115,8 @@ class TimmEncoder(nn.Module):
     def load_timm_state_dict(self, state_dict: Mapping[str, Tensor]) -> list[str]:
         """Load a state dict of timm's full classifier (``conv_stem.*``, ``blocks.0.0.*``, ``conv_head.*``).
 
-        Every tensor of the encoder must be covered (``KeyError`` names the ones that are not). Returns the
+        Every tensor of the encoder must be covered (:class:`~fcnseg.errors.CheckpointError` names the ones
+        that are not). Returns the
         keys it had no use for: the final classifier, which the paper discards (section 3.1).
         """
         own = self.state_dict()
@@ -126,7 +130,8 @@ class TimmEncoder(nn.Module):
                 mapped[name] = t
         missing = sorted(set(own) - set(mapped))
         if missing:
-            raise KeyError(f"state dict leaves {len(missing)} encoder tensors without weights: {missing}")
+            raise CheckpointError(f"state dict leaves {len(missing)} encoder tensors without weights: {missing}",
+                                  fix=f"give the state dict of timm's {self.model_name} classifier")
         self.load_state_dict(mapped)
         return unused
 
@@ -134,10 +139,11 @@ class TimmEncoder(nn.Module):
 def _square(layer: nn.Module, attr: str) -> int:
     v = getattr(layer, attr, 1)
     if isinstance(v, str):
-        raise ValueError(f"{type(layer).__name__} has string padding {v!r}: give it explicit padding")
+        raise ConfigError(f"{type(layer).__name__} has string padding {v!r}", fix="give it explicit padding")
     h, w = (v, v) if isinstance(v, int) else v
     if h != w:
-        raise ValueError(f"{type(layer).__name__} has a non-square {attr} {v}: FCN's geometry is isotropic")
+        raise ConfigError(f"{type(layer).__name__} has a non-square {attr} {v}: FCN's geometry is isotropic",
+                          fix=_OTHER_ENCODER)
     return h
 
 
@@ -164,22 +170,51 @@ def trace_coord_maps(encoder: nn.Module, in_channels: int, *, probe: tuple[int, 
     pointwise layers. A stride-1 layer that keeps the size is always an identity map (2p = k - 1), so residual
     blocks and same-padded layers leave the map unchanged, and a feature's map is the one at its size.
 
-    Raises ``ValueError`` rather than guess: for layers that pad by input size (TensorFlow 'SAME': timm's
-    ``Conv2dSame``, ``MaxPool2dSame``...; their alignment changes with the input size), for any conv/pool
-    whose output size differs from the static formula, for unknown layers that change the size, for non-square
-    layers, and where the derived scale disagrees with the feature's stride. With ``covering`` it also
+    Raises :class:`~fcnseg.errors.ConfigError` (a ``ValueError``) rather than guess: for layers that pad by
+    input size (TensorFlow 'SAME': timm's ``Conv2dSame``, ``MaxPool2dSame``...; their alignment changes with
+    the input size), for any conv/pool whose output size differs from the static formula, for unknown layers
+    that change the size, for non-square layers, and where the derived scale disagrees with the feature's
+    stride. With ``covering`` it also
     rejects main-path layers that drop border pixels (2p < dilation * (k - 1), e.g. ConvNeXt's 4x4 patchify
     stem): only layers padded at least that much give an output of at least ceil(n / stride) for every input
     size n, which FCN's crops need when the encoder has no large input padding (VGG's conv1_1 has 100).
     """
+    _refuse_dynamic_padding(encoder)
+    events, feats = _probe_calls(encoder, in_channels, probe)
+    reached = _main_path_maps(events, tuple(probe), covering)
+    maps: dict[str, CoordMap] = {}
+    for role, t in feats.items():
+        size = tuple(t.shape[2:])
+        if size not in reached:
+            raise ConfigError(f"feature {role!r} of size {size} is not reached along the main path "
+                              f"(sizes reached: {list(reached)})", fix=_OTHER_ENCODER)
+        maps[role] = reached[size]
+        stride = ROLE_STRIDES.get(role)
+        if stride is not None and maps[role].scale != Fraction(1, stride):
+            raise ConfigError(f"feature {role!r} has scale {maps[role].scale}, expected 1/{stride}",
+                              fix=_OTHER_ENCODER)
+    return maps
+
+
+# One call of a leaf module seen by the probe: (name, module, input H x W, output H x W).
+_Event = tuple[str, nn.Module, tuple[int, ...], tuple[int, ...]]
+
+
+def _refuse_dynamic_padding(encoder: nn.Module) -> None:
     for name, m in encoder.named_modules():
         if "Same" in type(m).__name__:
-            raise ValueError(
+            raise ConfigError(
                 f"{name} ({type(m).__name__}) pads by input size (TensorFlow 'SAME'): its alignment changes "
-                "with the input size, which fixed FCN crops cannot follow; use a symmetric-padding model "
-                "(e.g. efficientnet_lite0 rather than tf_efficientnet_lite0)"
-            )
-    events: list[tuple[str, nn.Module, tuple[int, ...], tuple[int, ...]]] = []
+                "with the input size, which fixed FCN crops cannot follow",
+                fix="choose a symmetric-padding encoder in {model_args} (e.g. encoder=efficientnet_lite0 rather "
+                    "than tf_efficientnet_lite0)")
+
+
+def _probe_calls(encoder: nn.Module, in_channels: int, probe: tuple[int, int]
+                 ) -> tuple[list[_Event], dict[str, Tensor]]:
+    """Run ``encoder`` once on a zero ``probe`` (eval mode, no grad); every 4-D call of a leaf module in
+    execution order, and the encoder's output features."""
+    events: list[_Event] = []
 
     def hook(name: str):
         def record(m: nn.Module, args: tuple[Any, ...], out: Any) -> None:
@@ -200,47 +235,42 @@ def trace_coord_maps(encoder: nn.Module, in_channels: int, *, probe: tuple[int, 
         encoder.train(was_training)
         for h in handles:
             h.remove()
+    return events, feats
 
-    cur, m = tuple(probe), CoordMap()
-    reached = {cur: m}  # feature size -> map from the input
+
+def _main_path_maps(events: list[_Event], probe: tuple[int, ...], covering: bool) -> dict[tuple[int, ...], CoordMap]:
+    """Feature size -> its map from the input, composing the spatial layers along the main path."""
+    cur, m = probe, CoordMap()
+    reached = {cur: m}
     for name, layer, size_in, size_out in events:
         if size_in != cur:
             continue  # not on the main path
+        what = f"{name} ({type(layer).__name__})"
         if not isinstance(layer, _SPATIAL):
             if size_out != size_in:
-                raise ValueError(f"{name} ({type(layer).__name__}) changes the size {size_in} -> {size_out}; "
-                                 "its coordinate map is unknown")
+                raise ConfigError(f"{what} changes the size {size_in} -> {size_out}; its coordinate map is "
+                                  "unknown", fix=_OTHER_ENCODER)
             continue  # pointwise
         expected = tuple(_expected_size(layer, n) for n in size_in)
         if expected != size_out:
-            raise ValueError(f"{name} ({type(layer).__name__}) maps {size_in} to {size_out}, not {expected}: "
-                             "it pads dynamically, so its alignment is not fixed")
+            raise ConfigError(f"{what} maps {size_in} to {size_out}, not {expected}: it pads dynamically, so its "
+                              "alignment is not fixed", fix=_OTHER_ENCODER)
         k, p = _square(layer, "kernel_size"), _square(layer, "padding")
         d = _square(layer, "dilation") if isinstance(layer, nn.Conv2d | nn.MaxPool2d) else 1
         if covering and 2 * p < d * (k - 1):
-            raise ValueError(f"{name} ({type(layer).__name__}, kernel {k}, padding {p}) drops border pixels: "
-                             "the prediction would not cover inputs of every size; pad the input instead")
+            raise ConfigError(f"{name} ({type(layer).__name__}, kernel {k}, padding {p}) drops border pixels: "
+                              "the prediction would not cover inputs of every size", fix=_OTHER_ENCODER)
         lm = layer_map(layer)
         if size_out == size_in:
             if lm != CoordMap():
-                raise ValueError(f"{name} keeps the size {size_in} but is not an identity map ({lm}): "
-                                 "the probe is too small for its stride")
+                raise ConfigError(f"{name} keeps the size {size_in} but is not an identity map ({lm}): the "
+                                  "probe is too small for its stride", fix="trace with a larger probe size")
             continue
         m, cur = m.then(lm), size_out
         if reached.setdefault(cur, m) != m:
-            raise ValueError(f"size {cur} is reached twice with different maps; try another probe size")
-
-    maps: dict[str, CoordMap] = {}
-    for role, t in feats.items():
-        size = tuple(t.shape[2:])
-        if size not in reached:
-            raise ValueError(f"feature {role!r} of size {size} is not reached along the main path "
-                             f"(sizes reached: {list(reached)})")
-        maps[role] = reached[size]
-        stride = ROLE_STRIDES.get(role)
-        if stride is not None and maps[role].scale != Fraction(1, stride):
-            raise ValueError(f"feature {role!r} has scale {maps[role].scale}, expected 1/{stride}")
-    return maps
+            raise ConfigError(f"size {cur} is reached twice with different maps",
+                              fix="trace with another probe size")
+    return reached
 
 
 def convolutionalize_classifier(linear: nn.Linear) -> nn.Conv2d:
@@ -269,7 +299,8 @@ def encoder_normalization(encoder: str) -> str:
         return EFFICIENTNET_LITE.name
     cfg = timm.get_pretrained_cfg(encoder)
     if cfg is None:
-        raise ValueError(f"timm has no pretrained config for {encoder!r}")
+        raise ConfigError(f"timm has no pretrained config for {encoder!r}",
+                          fix="name the input normalisation with {normalization}")
     mean, std = tuple(cfg.mean), tuple(cfg.std)
     if (mean, std) == (IMAGENET.mean, IMAGENET.std):
         return IMAGENET.name
@@ -297,7 +328,7 @@ def fcn_timm(*, encoder: str, stride: int = 8, num_classes: int = 21, in_channel
     download) otherwise. Input normalisation: :func:`encoder_normalization`.
     """
     if stride not in (32, 16, 8):
-        raise ValueError(f"stride must be 32, 16 or 8, not {stride}")
+        raise ConfigError(f"stride must be 32, 16 or 8, not {stride}", fix="set stride in {model_args} to 32, 16 or 8")
     return _fcn_over(encoder, stride, num_classes=num_classes, in_channels=in_channels,
                      learnable_upsampling=learnable_upsampling, pretrained=pretrained)
 
