@@ -464,7 +464,9 @@ def test_convert_cli(tmp_path, capsys):
     assert main(argv) == 2
     assert "exists" in capsys.readouterr().err and dst.read_bytes() == before
     assert main([*argv[:6], "fcn32s", *argv[7:], "--overwrite"]) == 2
-    assert "fcn8s-heavy-pascal.caffemodel" in capsys.readouterr().err and dst.read_bytes() == before
+    err = capsys.readouterr().err
+    assert "fcn8s-heavy-pascal.caffemodel" in err and dst.read_bytes() == before
+    assert "fix: set --model (and --model-arg such as width)" in err  # the fix's options as the CLI's flags
 
     sd = _torchvision_layout(TINY)
     torch.save(sd, tmp_path / "vgg16.pth")

@@ -20,8 +20,6 @@ __all__ = ["ConvertError", "VOC_CLASSES", "voc_palette", "class_table", "build_t
 PathLike = str | os.PathLike[str]
 
 
-
-
 def class_table(num_classes: int, classes: Sequence[str] | None
                 ) -> tuple[list[str], list[tuple[int, int, int]]]:
     """Class names and palette for a converted model.
@@ -30,11 +28,13 @@ def class_table(num_classes: int, classes: Sequence[str] | None
     ``class_0 ...`` otherwise. The palette is VOC's colour map, which gives distinct colours to any count.
     """
     if isinstance(classes, str):
-        raise ConvertError(f"classes must be a list of names, not the string {classes!r}")
+        raise ConvertError(f"classes must be a list of names, not the string {classes!r}",
+                           fix="give {classes} as a list of names")
     if classes is not None:
         names = list(classes)
         if len(names) != num_classes:
-            raise ConvertError(f"{len(names)} class names given for a model with {num_classes} classes")
+            raise ConvertError(f"{len(names)} class names given for a model with {num_classes} classes",
+                               fix="give one name a class in {classes}, or set {num_classes} to their count")
     elif num_classes == len(VOC_CLASSES):
         names = list(VOC_CLASSES)
     else:
@@ -46,11 +46,13 @@ def build_target(model: str, num_classes: int, model_args: Mapping[str, Any] | N
                  ) -> tuple[FCN, dict[str, Any]]:
     """The registry's ``model`` and the factory arguments that rebuild it (recorded in the checkpoint)."""
     if "num_classes" in (model_args or {}):
-        raise ConvertError("give num_classes as its own argument, not in model_args")
+        raise ConvertError("num_classes given in model_args",
+                           fix="give {num_classes} as its own option, not in {model_args}")
     args = {**(model_args or {}), "num_classes": num_classes}
     net = build(model, **args)
     if not isinstance(net, FCN):
-        raise ConvertError(f"model {model!r} is not one of the paper's FCNs; weights cannot be imported")
+        raise ConvertError(f"model {model!r} is not one of the paper's FCNs; weights cannot be imported",
+                           fix="set {model} to an FCN of the registry (fcn32s, fcn16s, fcn8s ...)")
     return net, args
 
 

@@ -22,6 +22,9 @@ from ._common import ConvertError, PathLike, build_target, write_checkpoint
 
 __all__ = ["convert_torchvision_vgg16", "vgg16_trunk_state", "TORCHVISION_VGG16_KEYS"]
 
+_PLAIN_VGG16 = "convert torchvision's plain VGG16 weights (vgg16-397923af.pth)"
+_SAVE_STATE_DICT = "save torchvision.models.vgg16's model.state_dict() with torch.save"
+
 # Every key of torchvision's ``vgg16().state_dict()``: 13 convolutions and 3 fully connected layers.
 TORCHVISION_VGG16_KEYS = frozenset(
     f"{module}.{p}"
@@ -40,16 +43,16 @@ def vgg16_trunk_state(state_dict: Mapping[str, Tensor], source: str) -> dict[str
     keys = set(state_dict)
     if any(k.endswith("running_mean") for k in keys):
         raise ConvertError(f"{source} has batch-norm statistics (vgg16_bn?); only plain torchvision vgg16 "
-                           "weights convert (the paper's VGG16 has no batch norm)")
+                           "weights convert (the paper's VGG16 has no batch norm)", fix=_PLAIN_VGG16)
     missing, extra = sorted(TORCHVISION_VGG16_KEYS - keys), sorted(keys - TORCHVISION_VGG16_KEYS)
     if missing or extra:
         found = [f"missing {_few(missing)}"] * bool(missing) + [f"unexpected {_few(extra)}"] * bool(extra)
         raise ConvertError(f"{source} is not a torchvision VGG16 state dict (vgg16-397923af.pth layout): "
-                           + "; ".join(found))
+                           + "; ".join(found), fix=_PLAIN_VGG16)
     try:
         return convolutionalize_vgg16(state_dict)
     except (KeyError, ValueError) as e:
-        raise ConvertError(f"{source}: {e}") from e
+        raise ConvertError(f"{source}: {e}", fix=_PLAIN_VGG16) from e
 
 
 def convert_torchvision_vgg16(
@@ -75,23 +78,26 @@ def convert_torchvision_vgg16(
     """
     src = Path(src)
     if not src.is_file():
-        raise ConvertError(f"{src} does not exist")
+        raise ConvertError(f"{src} does not exist", fix="check the path of the .pth file", path=src)
     try:
         # A state dict holds only tensors; weights_only refuses arbitrary pickled code.
         state = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same to the user
-        raise ConvertError(f"{src} could not be read as a torch state dict ({type(e).__name__}: {e})") from e
+        raise ConvertError(f"{src} could not be read as a torch state dict ({type(e).__name__}: {e})",
+                           fix=_SAVE_STATE_DICT, path=src) from e
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ConvertError(f"{src} does not hold a state dict (a mapping of names to tensors); save "
-                           "`model.state_dict()` of torchvision.models.vgg16")
+        raise ConvertError(f"{src} does not hold a state dict (a mapping of names to tensors)",
+                           fix=_SAVE_STATE_DICT, path=src)
     trunk = vgg16_trunk_state(state, str(src))
     net, args = build_target(model, num_classes, model_args)
     if not isinstance(net.encoder, VGG16Trunk):
-        raise ConvertError(f"model {model!r} has no VGG16 trunk; VGG16 weights ({src}) cannot initialise it")
+        raise ConvertError(f"model {model!r} has no VGG16 trunk; VGG16 weights ({src}) cannot initialise it",
+                           fix="set {model} to fcn32s, fcn16s, fcn8s or fcn8s_atonce", path=src)
     try:
         net.encoder.load_state_dict(trunk)
     except RuntimeError as e:  # shape mismatches, e.g. a model built with another width
-        raise ConvertError(f"{src} does not fit {model}'s trunk: {e}") from e
+        raise ConvertError(f"{src} does not fit {model}'s trunk: {e}", path=src,
+                           fix="build the model at the weights' size: no width in {model_args}") from e
     return write_checkpoint(dst, net, model, args, classes, IMAGENET, src, "torchvision-vgg16")
 
 
