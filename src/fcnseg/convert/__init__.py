@@ -1,7 +1,7 @@
 """Import weights users bring: Caffe caffemodels and torchvision's VGG16, as self-describing checkpoints.
 
-``convert_caffemodel`` reads the reference FCN caffemodels (and Caffe's ImageNet VGG16 / CaffeNet) with a
-small protobuf decoder, no Caffe needed; ``convert_torchvision_vgg16`` convolutionalises
+``convert_caffemodel`` reads the reference FCN caffemodels (and Caffe's ImageNet VGG16 / CaffeNet) with
+google.protobuf and a declared subset of caffe.proto (no Caffe needed); ``convert_torchvision_vgg16`` convolutionalises
 ``vgg16-397923af.pth``.
 Both write an fcnseg checkpoint that records the input normalisation the weights expect.
 """
