@@ -86,6 +86,10 @@ def test_a_malformed_record_is_named(tmp_path):
     with pytest.raises(DataError, match=r"paper.toml: experiment 'E', result 'fcn8s': unknown key 'mean_iou', "
                                         r"no 'mean_iu', no 'dataset'"):
         load_paper_results(bad)
+    bad.write_text('[[experiment]]\nname = "E"\ndataset = "d"\ncomand = "x"\n[[experiment.result]]\nmodel = "m"\n'
+                   'source = "s"\nmean_iu = 1.0\n')
+    with pytest.raises(DataError, match="unknown experiment key 'comand'"):
+        load_paper_results(bad)
     bad.write_text("status = \n")
     with pytest.raises(DataError, match="paper.toml is not valid TOML"):
         load_paper_results(bad)

@@ -31,6 +31,7 @@ RECORDS_URL = "experiments/paper.toml in fcnseg's source repository"
 """Where the records are for an installation without the source tree."""
 
 _METRICS = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
+_EXPERIMENT_KEYS = frozenset({"name", "dataset", "command", "result"})
 _ROW_KEYS = frozenset({"model", "dataset", "source", "command", "label", "status", *_METRICS})
 
 
@@ -77,6 +78,7 @@ def _join(*parts: str) -> str:
 def _result(row: dict[str, Any], experiment: dict[str, Any], status: str, path: Path) -> PaperResult:
     dataset = row.get("dataset", experiment.get("dataset"))
     problems = [f"unknown key {k!r}" for k in row if k not in _ROW_KEYS]
+    problems += [f"unknown experiment key {k!r}" for k in experiment if k not in _EXPERIMENT_KEYS]
     problems += [f"no {k!r}" for k in ("model", "source", "mean_iu") if k not in row] + ["no 'dataset'"] * (not dataset)
     if problems:
         raise DataError(f"{path}: experiment {experiment.get('name')!r}, result {row.get('model')!r}: "
