@@ -108,7 +108,7 @@ def _open(source: Source, what: str, max_pixels: int) -> Image.Image:
     """``Image.open`` with the budget checked from the header; errors become one-line :class:`DataError`."""
     _refuse_truncated()
     name, path = _name(source), _path(source)
-    budget_fix = f"raise {{max_pixels}} (now {max_pixels:,}) or downscale the file"
+    budget_fix = f"pass a larger {{max_pixels}} (now {max_pixels:,}) or downscale the file"
     if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = max_pixels  # PIL's own bomb check must not fire below the user's budget
     fp = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source

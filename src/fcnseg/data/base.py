@@ -46,7 +46,7 @@ IGNORE_INDEX = 255
 
 Transforms = Callable[[tv_tensors.Image, tv_tensors.Mask], tuple[tv_tensors.Image, tv_tensors.Mask]]
 
-_SKIP_FIX = "or turn on {skip_bad} to skip such samples"
+_SKIP_FIX = "or pass {skip_bad} to skip such samples"
 
 CHECK_LEVELS = ("headers", "labels", "full")
 """How deep :meth:`SegmentationDataset.validate` looks: image and mask headers (sizes, budget, readable
@@ -197,7 +197,7 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
         raise DataError(
             f"{mask_path}: mask is {mask_hw[1]}x{mask_hw[0]} (WxH) but its image {image_path} is "
             f"{image_hw[1]}x{image_hw[0]}", path=mask_path,
-            fix=f"set {{dataset_args}} resize=image (resize masks, nearest neighbour) or resize=mask (resize "
+            fix=f"pass {{dataset_args}} resize=image (resize masks, nearest neighbour) or resize=mask (resize "
                 f"images), or pair the right files, {_SKIP_FIX}")
 
     def _check_labels(self, labels: np.ndarray, mask_path: Path) -> None:

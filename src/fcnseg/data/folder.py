@@ -83,13 +83,13 @@ class FolderSegmentation(SegmentationDataset):
     ):
         if resize not in RESIZE_POLICIES:
             raise ConfigError(f"resize={resize!r}: expected one of {', '.join(RESIZE_POLICIES)}",
-                              fix="set {dataset_args} resize=image")
+                              fix="pass {dataset_args} resize=image")
         if threshold is not None and not (isinstance(threshold, int) and 0 < threshold <= 255):
             raise ConfigError(f"threshold={threshold!r}: expected an integer grey level in 1..255",
-                              fix="set {dataset_args} threshold=128")
+                              fix="pass {dataset_args} threshold=128")
         binary = binary or threshold is not None
         self.threshold, self.resize, self.max_pixels = threshold, resize, int(max_pixels)
-        root = require_dir(Path(root), "dataset", "set {data_root} to the folder holding the image and mask folders")
+        root = require_dir(Path(root), "dataset", "pass the folder holding the image and mask folders as {data_root}")
         self.root, stems, held = root, None, None
         split_file = Path(split) if split is not None and Path(split).is_file() else root / f"{split}.txt"
         if split is not None and (root / split).is_dir():
@@ -104,7 +104,7 @@ class FolderSegmentation(SegmentationDataset):
                 path=root, fix=f"hold images out for validation with {{dataset_args}} holdout=0.1 (train/val), "
                                f"write {split_file} (one image stem a line), or use every image with "
                                f"{{train_split}} all")
-        fix = (f"set {{data_root}} to the folder holding {images}/ and {masks}/, or name them with "
+        fix = (f"pass the folder holding {images}/ and {masks}/ as {{data_root}}, or name them with "
                f"{{dataset_args}} images=NAME masks=NAME")
         image_dir = require_dir(self.root / images, "image", fix)
         mask_dir = require_dir(self.root / masks, "mask", fix)
@@ -148,12 +148,12 @@ class FolderSegmentation(SegmentationDataset):
             return split_class_table(read_class_table(found[0]), found[0])
         if classes is not None:
             raise DataError(f"{classes}: class file not found", path=classes,
-                            fix="set {dataset_args} classes=FILE to an existing file")
+                            fix="pass {dataset_args} classes=FILE to an existing file")
         if binary:
             return ["background", "foreground"], [None, None], []
         raise DataError(
             f"{folders[0] / 'classes.txt'}: no class names", path=folders[0] / "classes.txt",
-            fix="write this file (one name a line, or 'index name r g b'), or set {dataset_args} classes=FILE, "
+            fix="write this file (one name a line, or 'index name r g b'), or pass {dataset_args} classes=FILE, "
                 "or {dataset_args} binary=true for 0/255 masks")
 
     def _fingerprint(self) -> dict[str, Any]:
@@ -180,7 +180,7 @@ class FolderSegmentation(SegmentationDataset):
         if not self.colors:
             raise DataError(
                 f"{path}: RGB colour mask but no colour table", path=path,
-                fix="write 'index name r g b' lines in classes.txt, set {dataset_args} binary=true for black/white "
+                fix="write 'index name r g b' lines in classes.txt, pass {dataset_args} binary=true for black/white "
                     "masks, or save masks as index PNGs")
         return _map_colours(np.asarray(im.convert("RGB")), self.colors, path)
 
@@ -222,11 +222,11 @@ def _holdout(samples: list[tuple[Path, Path]], holdout: float, split: str, root:
     hash lowest, so the division does not depend on file order and survives adding images."""
     if not (isinstance(holdout, int | float) and holdout > 0):
         raise ConfigError(f"holdout={holdout!r}: expected a share (0 < holdout < 1) or a count of images",
-                          fix="set {dataset_args} holdout=0.1")
+                          fix="pass {dataset_args} holdout=0.1")
     n_val = round(holdout * len(samples)) if holdout < 1 else int(holdout)
     if not 1 <= n_val < len(samples):
         raise ConfigError(f"{root}: holdout={holdout} leaves {n_val} of {len(samples)} images for val", path=root,
-                          fix="set {dataset_args} holdout to hold out at least one image and keep at least one for "
+                          fix="pass {dataset_args} holdout to hold out at least one image and keep at least one for "
                               "training")
     ranked = sorted(samples, key=lambda s: hashlib.sha1(s[0].stem.encode()).hexdigest())
     val = set(ranked[:n_val])

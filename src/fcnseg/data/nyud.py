@@ -150,11 +150,11 @@ class NYUDv2(SegmentationDataset):
                  modality: str = "rgb"):
         if modality not in NYUD_MODALITIES:
             raise ConfigError(f"unknown NYUDv2 modality {modality!r}; choose one of {', '.join(NYUD_MODALITIES)}",
-                              fix="set {dataset_args} modality=NAME to one of them")
-        self.root, self.modality = require_dir(Path(root), "NYUDv2 dataset", "set {data_root} to the reference's "
-                                               "data/nyud folder (with data/images/ and segmentation/)"), modality
-        fix = ("set {data_root} to the NYUDv2 folder of the reference (nyud.tar.gz: data/images, data/depth, "
-               "data/hha, segmentation)")
+                              fix="pass {dataset_args} modality=NAME to one of them")
+        self.root, self.modality = require_dir(Path(root), "NYUDv2 dataset", "pass the reference's data/nyud folder "
+                                               "(with data/images/ and segmentation/) as {data_root}"), modality
+        fix = ("pass the NYUDv2 folder of the reference (nyud.tar.gz: data/images, data/depth, data/hha, "
+               "segmentation) as {data_root}")
         folders = {m: require_dir(self.root / "data" / m, f"NYUDv2 {m}", fix) for m in self._modality_folders()}
         labels = require_dir(self.root / "segmentation", "NYUDv2 segmentation", fix)
         list_file = self.root / f"{split}.txt"
@@ -225,7 +225,7 @@ class NYUDv2(SegmentationDataset):
     def load_mask(self, path: Path) -> np.ndarray:
         """Labels (H, W): the ``.mat``'s ``segmentation`` minus 1, void (0) as 255."""
         raw = read_mat_labels(path, "segmentation", "NYUDv2 labels", "use the reference's NYUDv2 segmentation/ "
-                              "files (40-class labels of Gupta et al.), or turn on {skip_bad} to skip it")
+                              "files (40-class labels of Gupta et al.), or pass {skip_bad} to skip it")
         labels = raw - 1
         labels[raw == 0] = self.ignore_index  # void
         return labels

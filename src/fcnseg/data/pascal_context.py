@@ -54,7 +54,7 @@ _SAME_CLASS = {"diningtable": "table", "bedcloth": "bedclothes", "clothes": "clo
 BACKGROUND_POLICIES = ("class", "ignore")
 
 
-_VOC_FIX = "set {dataset_args} voc_root=/path/to/VOC2010 (PASCAL-Context labels VOC2010's images)"
+_VOC_FIX = "pass {dataset_args} voc_root=/path/to/VOC2010 (PASCAL-Context labels VOC2010's images)"
 
 
 def context_label_table(background: str = "class") -> np.ndarray:
@@ -65,7 +65,7 @@ def context_label_table(background: str = "class") -> np.ndarray:
     """
     if background not in BACKGROUND_POLICIES:
         raise ConfigError(f"background must be one of {', '.join(BACKGROUND_POLICIES)}, not {background!r}",
-                          fix="set {dataset_args} background=class or background=ignore")
+                          fix="pass {dataset_args} background=class or background=ignore")
     by_name = {name.replace(" ", ""): n for n, name in PASCAL_CONTEXT_459.items()}
     offset, other = (0, 0) if background == "class" else (-1, 255)
     table = np.full(max(PASCAL_CONTEXT_459) + 1, other, dtype=np.int64)
@@ -91,12 +91,12 @@ class PascalContext(SegmentationDataset):
         self.table = context_label_table(background)
         self.background = background
         self.root = require_dir(Path(root), "PASCAL-Context",
-                                "set {data_root} to the PASCAL-Context folder (with trainval/)")
-        labels = require_dir(self.root / "trainval", "PASCAL-Context trainval", "set {data_root} to the "
-                             "PASCAL-Context folder with the trainval/ .mat files (trainval.tar.gz)")
+                                "pass the PASCAL-Context folder (with trainval/) as {data_root}")
+        labels = require_dir(self.root / "trainval", "PASCAL-Context trainval", "pass the PASCAL-Context "
+                             "folder with the trainval/ .mat files (trainval.tar.gz) as {data_root}")
         self.voc = self._find_voc(voc_root)
         images = require_dir(self.voc / "JPEGImages", "VOC2010 JPEGImages",
-                             "set {dataset_args} voc_root=DIR to a complete VOC2010 folder")
+                             "pass {dataset_args} voc_root=DIR to a complete VOC2010 folder")
         own = self.root / f"{split}.txt"
         split_file = own if own.is_file() else self.voc / "ImageSets" / "Main" / f"{split}.txt"
         ids = read_ids(split_file, f"choose split train or val, or write {own}")
@@ -129,10 +129,10 @@ class PascalContext(SegmentationDataset):
     def load_mask(self, path: Path) -> np.ndarray:
         """Labels (H, W) of the task from the full ``LabelMap`` (see :func:`context_label_table`)."""
         raw = read_mat_labels(path, "LabelMap", "PASCAL-Context labels", "use PASCAL-Context's trainval/ "
-                              "annotation files (re-extract trainval.tar.gz), or turn on {skip_bad} to skip it")
+                              "annotation files (re-extract trainval.tar.gz), or pass {skip_bad} to skip it")
         bad = (raw < 0) | (raw >= len(self.table))
         if bad.any():
             values = ", ".join(str(v) for v in np.unique(raw[bad])[:8])
             raise DataError(f"{path}: 'LabelMap' values {values} are not PASCAL-Context class numbers (0..459)",
-                            fix="re-extract the file from trainval.tar.gz, or turn on {skip_bad} to skip it", path=path)
+                            fix="re-extract the file from trainval.tar.gz, or pass {skip_bad} to skip it", path=path)
         return self.table[raw]

@@ -79,9 +79,9 @@ class SIFTFlow(SegmentationDataset):
     """
 
     def __init__(self, root: str | Path, split: str = "trainval", transforms: Transforms | None = None):
-        self.root = require_dir(Path(root), "SIFT Flow dataset", "set {data_root} to the SIFT Flow "
-                                "folder (with Images/, SemanticLabels/, GeoLabels/)")
-        fix = "set {data_root} to the SIFT Flow folder with %s/" + _SUBDIR + "/ in it"
+        self.root = require_dir(Path(root), "SIFT Flow dataset", "pass the SIFT Flow folder (with "
+                                "Images/, SemanticLabels/, GeoLabels/) as {data_root}")
+        fix = "pass the SIFT Flow folder with %s/" + _SUBDIR + "/ in it as {data_root}"
         images = require_dir(self.root / "Images" / _SUBDIR, "SIFT Flow images", fix % "Images")
         sem = require_dir(self.root / "SemanticLabels" / _SUBDIR, "SIFT Flow semantic labels",
                           fix % "SemanticLabels")

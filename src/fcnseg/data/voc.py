@@ -50,9 +50,9 @@ class VOCSegmentation(SegmentationDataset):
     ):
         self.root = _voc_year_dir(Path(root), year)
         images = require_dir(self.root / "JPEGImages", "VOC JPEGImages",
-                             "set {data_root} to a complete VOC year folder")
+                             "pass a complete VOC year folder as {data_root}")
         masks = require_dir(self.root / "SegmentationClass", "VOC SegmentationClass",
-                            "set {data_root} to a VOC year folder with segmentations")
+                            "pass a VOC year folder with segmentations as {data_root}")
         if split == "seg11valid":
             ids = seg11valid_ids()
             source = "the paper's seg11valid split (VOC2011 val)"
@@ -81,16 +81,17 @@ class SBDSegmentation(SegmentationDataset):
     """
 
     def __init__(self, root: str | Path, split: str = "train", transforms: Transforms | None = None):
-        root = require_dir(Path(root), "SBD dataset", "set {data_root} to the SBD benchmark_RELEASE/dataset folder")
+        root = require_dir(Path(root), "SBD dataset", "pass the SBD benchmark_RELEASE/dataset folder as {data_root}")
         candidates = (root, root / "dataset", root / "benchmark_RELEASE" / "dataset")
         found = [d for d in candidates if (d / "cls").is_dir()]
         if not found:
             raise DataError(
                 f"{root}: no SBD cls/ folder in it, in dataset/ or in benchmark_RELEASE/dataset/", path=root,
-                fix="set {data_root} to the SBD benchmark_RELEASE/dataset folder (with img/, cls/, train.txt, val.txt)")
+                fix="pass the SBD benchmark_RELEASE/dataset folder (with img/, cls/, train.txt, val.txt) as "
+                    "{data_root}")
         self.root = found[0]
-        images = require_dir(self.root / "img", "SBD img", "set {data_root} to a complete SBD dataset folder")
-        fix = "use split 'train', 'val' or 'train_noval', or set {data_root} to a complete SBD dataset folder"
+        images = require_dir(self.root / "img", "SBD img", "pass a complete SBD dataset folder as {data_root}")
+        fix = "use split 'train', 'val' or 'train_noval', or pass a complete SBD dataset folder as {data_root}"
         split_file = self.root / f"{'train' if split == 'train_noval' else split}.txt"
         ids = read_ids(split_file, fix)
         if split == "train_noval":
@@ -111,7 +112,7 @@ class SBDSegmentation(SegmentationDataset):
         except Exception as e:  # scipy raises many types on corrupt files: ValueError, OSError, zlib.error...
             raise DataError(
                 f"{path}: cannot read SBD label struct GTcls.Segmentation ({type(e).__name__}: {e})", path=path,
-                fix="re-extract the file from the SBD archive, or turn on {skip_bad} to skip it") from e
+                fix="re-extract the file from the SBD archive, or pass {skip_bad} to skip it") from e
         labels = np.asarray(labels)
         if labels.ndim != 2 or labels.dtype.kind not in "iu":
             raise DataError(
@@ -121,7 +122,7 @@ class SBDSegmentation(SegmentationDataset):
 
 
 def _voc_year_dir(root: Path, year: str | None) -> Path:
-    require_dir(root, "VOC dataset", "set {data_root} to the VOC2011/VOC2012 folder (or the VOCdevkit holding it)")
+    require_dir(root, "VOC dataset", "pass the VOC2011/VOC2012 folder (or the VOCdevkit holding it) as {data_root}")
     if (root / "JPEGImages").is_dir() and (year is None or root.name == f"VOC{year}"):
         return root
     years = sorted(
@@ -132,7 +133,8 @@ def _voc_year_dir(root: Path, year: str | None) -> Path:
     if not years:
         raise DataError(
             f"{root}: no VOC year folder{f' VOC{year}' if year else ''} with JPEGImages/ in it or in "
-            f"VOCdevkit/", path=root, fix="set {data_root} to the VOC2011/VOC2012 folder (or the VOCdevkit holding it)")
+            f"VOCdevkit/", path=root,
+            fix="pass the VOC2011/VOC2012 folder (or the VOCdevkit holding it) as {data_root}")
     return max(years, key=lambda d: d.name)  # the newest year
 
 

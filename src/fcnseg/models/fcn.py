@@ -131,7 +131,7 @@ class FCN(nn.Module):
         classes = self.heads or {"": num_classes}
         if not classes or any(not isinstance(k, int) or k < 1 for k in classes.values()):
             raise ConfigError(f"num_classes must be positive, not {num_classes}",
-                              fix="give the dataset at least one class, or set {model_args} num_classes=N")
+                              fix="give the dataset at least one class, or pass {model_args} num_classes=N")
         self.encoder = encoder
         self.num_classes, self.fcn_stride, self.skip_scales = num_classes, stride, skip_scales
         self.final_name = {32: "upscore", 16: "upscore16", 8: "upscore8"}[stride]

@@ -152,7 +152,7 @@ def adapt_stem(weight: Tensor, in_channels: int) -> Tensor:
         extra = weight.new_zeros(weight.shape[0], in_channels - 3, *weight.shape[2:])
         return torch.cat([weight, extra], dim=1)
     raise ConfigError(f"cannot adapt RGB weights to {in_channels} input channels (1, 3 or more are supported)",
-                      fix="set {model_args} in_channels to 1, 3 or more")
+                      fix="pass {model_args} in_channels to 1, 3 or more")
 
 
 def efficientnet_lite_state_dict(variant: str, *, in_channels: int = 3) -> dict[str, Tensor]:
