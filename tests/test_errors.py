@@ -131,12 +131,12 @@ def test_output_folder_that_exists_names_out_dir_and_overwrite(tmp_path: Path) -
     with pytest.raises(OutputError) as info:
         check_output_dir(tmp_path / "run")
     e = info.value
-    assert e.options == ("out_dir", "overwrite") and e.path == str(tmp_path / "run")
-    assert e.render(flag_spelling) == (f"{tmp_path / 'run'}: exists and is not empty; fix: choose another --out, "
-                                       "or pass --overwrite to replace its contents")
+    assert e.options == ("overwrite", "out_dir") and e.path == str(tmp_path / "run")
+    assert e.render(flag_spelling) == (f"{tmp_path / 'run'}: exists and is not empty; fix: pass --overwrite to "
+                                       "replace its contents, or choose another --out")
     with pytest.raises(OutputError) as info:  # a file named by eval's `out` option
         check_output_file(tmp_path / "run" / "last.pt", option="out")
-    assert info.value.options == ("out", "overwrite")
+    assert info.value.options == ("overwrite", "out")
 
 
 def test_a_failed_write_is_an_output_error_at_its_source(tmp_path: Path) -> None:

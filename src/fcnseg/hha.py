@@ -228,7 +228,7 @@ def encode_depth_files(paths: Sequence[str | Path], out_dir: str | Path, camera:
     existing = [t for t in targets if t.exists()]
     if existing and not overwrite:
         raise OutputError(f"{existing[0]} exists ({len(existing)} outputs do)", path=existing[0],
-                          fix="choose another {out_dir}, or pass {overwrite} to replace them")
+                          fix="pass {overwrite} or choose another {out_dir}")
     for src, dst in zip(paths, targets, strict=True):
         try:
             hha = hha_encode(read_depth(src) / depth_scale, camera)

@@ -101,7 +101,7 @@ def check_output_dir(path: str | os.PathLike[str], *, option: str = "out_dir", o
         raise OutputError(f"{out}: {parent} is a file, not a folder", fix=f"choose another {{{option}}}", path=out)
     if out.is_dir() and any(out.iterdir()) and not (overwrite or allow_existing):
         raise OutputError(f"{out}: exists and is not empty", path=out,
-                          fix=f"choose another {{{option}}}, or pass {{overwrite}} to replace its contents")
+                          fix=f"pass {{overwrite}} to replace its contents, or choose another {{{option}}}")
     _probe_writable(parent, out, option)
     if create:
         try:
@@ -123,7 +123,7 @@ def check_output_file(path: str | os.PathLike[str], *, option: str = "out", over
         raise OutputError(f"{out}: is a folder, expected a file", fix=f"name a file with {{{option}}}", path=out)
     if out.exists() and not overwrite:
         raise OutputError(f"{out}: exists", path=out,
-                          fix=f"choose another {{{option}}}, or pass {{overwrite}} to replace it")
+                          fix=f"pass {{overwrite}} to replace it, or choose another {{{option}}}")
     parent = _first_existing_parent(out.parent)
     if not parent.is_dir():
         raise OutputError(f"{out}: {parent} is a file, not a folder", fix=f"choose another {{{option}}}", path=out)
