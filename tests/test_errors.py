@@ -111,6 +111,9 @@ def test_lossy_mask_names_dataset_args_and_skip_bad(tmp_path: Path) -> None:
     cli = e.render(flag_spelling)
     assert "lossy JPEG masks need --dataset-arg threshold=128" in cli and cli.endswith("or pass --skip-bad to "
                                                                                        "skip such samples")
+    with pytest.raises(DataError) as info:  # raised in a loader worker: the same error comes back
+        next(iter(DataLoader(ds, num_workers=1)))
+    assert info.value.options == e.options and info.value.render(flag_spelling) == cli
     assert FolderSegmentation(tmp_path, threshold=128).load(0)[1].unique().tolist() == [0, 1]  # the fix works
 
 
@@ -172,3 +175,14 @@ def test_reader_refuses_a_changed_pillow_setting() -> None:
             read_image(b"")
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def test_every_family_error_pickles_with_its_parts() -> None:
+    made = [cls("x.png: broken", fix="pass {skip_bad}", path="x.png")
+            for cls in (ConfigError, DataError, OutputError, CheckpointError, PredictionError, StateError)]
+    made += [MissingDependency("uvicorn", "serve", needed_for="fcnseg serve"),
+             TrainingInterrupted(3, "r/last.pt", "SIGINT")]
+    for e in made:
+        back = pickle.loads(pickle.dumps(e))
+        assert type(back) is type(e) and str(back) == str(e) and back.options == e.options, type(e)
+        assert back.path == e.path and back.__dict__ == e.__dict__, type(e)
