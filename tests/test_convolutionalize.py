@@ -6,6 +6,7 @@ import pytest
 import torch
 import torchvision
 
+from fcnseg.errors import ConvertError
 from fcnseg.models import VGG16Trunk, convolutionalize_vgg16
 
 
@@ -82,5 +83,5 @@ def test_sliding_window_for_free(vgg_pair):
 
 
 def test_bad_state_dict_is_named():
-    with pytest.raises(KeyError, match="features.0.weight"):
+    with pytest.raises(ConvertError, match="features.0.weight"):
         convolutionalize_vgg16({"conv1.weight": torch.zeros(1)})

@@ -14,6 +14,7 @@ from scipy.io import savemat
 from torchvision import tv_tensors
 
 from fcnseg import data as fdata
+from fcnseg.cli import flag_spelling
 from fcnseg.data import (
     DataError,
     FolderSegmentation,
@@ -23,6 +24,7 @@ from fcnseg.data import (
     seg11valid_ids,
     voc_palette,
 )
+from fcnseg.errors import FcnsegError
 
 # --------------------------------------------------------------------------------------------------- helpers
 
@@ -138,8 +140,10 @@ def _voc(tmp_path: Path, ids: list[str], masks: list[str]) -> Path:
 def test_voc_image_without_mask(tmp_path: Path) -> None:
     root = _voc(tmp_path, ["a", "b"], ["a"])
     ds = VOCSegmentation(root / "VOCdevkit", "train")  # found by validation, so --skip-bad can skip it
-    with pytest.raises(DataError, match=r"b\.jpg has no mask .*SegmentationClass/b\.png.*--skip-bad"):
+    with pytest.raises(DataError, match=r"b\.jpg has no mask .*SegmentationClass/b\.png.*`skip_bad`") as info:
         ds.validate(progress=False, cache=False)
+    assert info.value.options == ("skip_bad",)
+    assert info.value.render(flag_spelling).endswith("or pass --skip-bad to skip such samples")
     assert ds.validate(skip_bad=True, progress=False, cache=False).bad and len(ds) == 1
 
 
@@ -315,8 +319,11 @@ def test_folder_needs_class_names(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["voc", "sbd", "camvid", "folder"])
 def test_missing_dataset_folder(tmp_path: Path, kind: str) -> None:
-    with pytest.raises(DataError, match=f"{tmp_path / 'nowhere'}: .* folder not found; fix: pass"):
+    with pytest.raises(DataError, match=f"{tmp_path / 'nowhere'}: .* folder not found; fix: pass") as info:
         build_dataset(kind, tmp_path / "nowhere", "train")
+    e = info.value
+    assert isinstance(e, FcnsegError) and e.options == ("data_root",) and e.path == str(tmp_path / "nowhere")
+    assert e.render(flag_spelling).endswith(" as --data") and str(e).endswith(" as `data_root`")
 
 
 def test_image_without_mask(tmp_path: Path) -> None:

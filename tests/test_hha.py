@@ -6,7 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fcnseg.hha import Camera, compute_hha, estimate_gravity, hha_encode, point_cloud, surface_normals
+from fcnseg.errors import DataError, OutputError
+from fcnseg.hha import (
+    Camera,
+    compute_hha,
+    encode_depth_files,
+    estimate_gravity,
+    hha_encode,
+    point_cloud,
+    surface_normals,
+)
 
 H, W, F = 240, 320, 150.0
 CAMERA = Camera(fx=F, fy=F, cx=(W - 1) / 2, cy=(H - 1) / 2)
@@ -172,5 +181,11 @@ def test_hha_command_encodes_depth_pngs(tmp_path):
     written = np.asarray(Image.open(tmp_path / "hha" / "img_5001.png"))
     np.testing.assert_array_equal(written, hha_encode(mm / 1000.0, CAMERA))
     assert main(args) == 2  # outputs exist: refused without --overwrite
+    with pytest.raises(OutputError) as info:
+        encode_depth_files([src], tmp_path / "hha", CAMERA)
+    assert info.value.options == ("overwrite", "out_dir") and info.value.path == str(tmp_path / "hha" / src.name)
+    Image.fromarray(np.zeros((4, 4), np.uint16)).save(tmp_path / "no_depth.png")
+    with pytest.raises(DataError, match=r"no_depth\.png: depth map has no positive depth values"):
+        encode_depth_files([tmp_path / "no_depth.png"], tmp_path / "hha", CAMERA)  # the error names the file
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "colour.png")
     assert main(["hha", str(tmp_path / "colour.png"), "-o", str(tmp_path / "x")]) == 2  # not a depth map

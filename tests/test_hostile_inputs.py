@@ -158,8 +158,9 @@ def test_folder_dataset_drops_exactly_the_bad_images(hostile: Path) -> None:
     ds = FolderSegmentation(hostile)
     assert [p.stem for p, _ in ds.samples] == sorted(GOOD.keys() | BAD)  # notes.txt is not an image
     with pytest.raises(DataError, match=rf"^{re.escape(str(hostile / 'images' / 'bomb.png'))}: .*"
-                                        r"\(and 3 more bad samples\)$"):
+                                        r"\(and 3 more bad samples\); fix: ") as info:
         ds.validate("full", progress=False, cache=False)
+    assert info.value.options == ("max_pixels", "skip_bad")  # the reader's option, then the dataset's
     report = ds.validate("full", skip_bad=True, progress=False, cache=False)
     kept = [p.stem for p, _ in ds.samples]
     assert (GOOD.keys() | BAD) - set(kept) == BAD and set(kept) == set(GOOD)

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from fcnseg.cli import flag_spelling
 from fcnseg.io import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -259,21 +260,22 @@ def test_decompression_bomb_is_refused_from_the_header(tmp_path: Path) -> None:
         assert time.perf_counter() - t0 < 0.5  # refused from the header: nothing decoded, nothing allocated
         message = str(e.value)
         assert message.startswith(f"{path}: ") and f"budget of {DEFAULT_MAX_PIXELS:,}" in message
-        assert "--max-pixels" in message
+        assert "`max_pixels`" in message and e.value.options == ("max_pixels",) and e.value.path == str(path)
+        assert "fix: pass a larger --max-pixels" in e.value.render(flag_spelling)  # as the CLI writes it
 
 
 def test_image_over_the_budget_names_its_size(tmp_path: Path) -> None:
     Image.fromarray(quadrants(30, 40)).save(tmp_path / "a.png")
     with pytest.raises(DataError, match=r"a\.png: image is 40x30 = 1,200 pixels, over the budget of 1,199; "
-                                        r"fix: pass a larger --max-pixels"):
+                                        r"fix: pass a larger `max_pixels`"):
         read_image(tmp_path / "a.png", max_pixels=1199)
-    with pytest.raises(DataError, match="40x30 .*--max-pixels"):
+    with pytest.raises(DataError, match="40x30 .*`max_pixels`"):
         read_header(tmp_path / "a.png", max_pixels=1000)
     assert read_image(tmp_path / "a.png", max_pixels=1200).shape == (3, 30, 40)  # the budget is inclusive
     # A header claiming more than the default budget but less than Pillow's own bomb limit: our check.
     (tmp_path / "big.png").write_bytes(bomb_png(8000, 8000))
     with pytest.raises(DataError, match=r"big\.png: image is 8000x8000 = 64,000,000 pixels, over the budget of "
-                                        r"50,000,000; fix: pass a larger --max-pixels"):
+                                        r"50,000,000; fix: pass a larger `max_pixels`"):
         read_header(tmp_path / "big.png")
 
 

@@ -11,6 +11,7 @@ from PIL import Image
 from scipy.io import savemat
 
 from fcnseg import data as fdata
+from fcnseg.cli import flag_spelling
 from fcnseg.data.pascal_context import PASCAL_CONTEXT_59, PASCAL_CONTEXT_459, context_label_table
 
 # LabelMap numbers from the dataset's labels.txt (pascal_context_459.txt) and where the 59-class task puts
@@ -72,8 +73,13 @@ def test_voc_elsewhere_and_bad_files(tmp_path):
     ctx = make_context(tmp_path / "data")
     moved = tmp_path / "elsewhere"
     (tmp_path / "data" / "pascal").rename(moved)
-    with pytest.raises(fdata.DataError, match="no VOC2010 folder found .* --dataset-arg voc_root="):
+    with pytest.raises(fdata.DataError, match="no VOC2010 folder found .* `dataset_args` voc_root=") as info:
         fdata.build_dataset("pascal_context", ctx, "train")
+    assert info.value.options == ("dataset_args",)
+    assert "fix: pass --dataset-arg voc_root=/path/to/VOC2010" in info.value.render(flag_spelling)
+    with pytest.raises(fdata.DataError, match="nowhere: VOC dataset folder not found") as info:
+        fdata.build_dataset("pascal_context", ctx, "train", voc_root=str(tmp_path / "nowhere"))
+    assert info.value.options == ("dataset_args",)  # the folder came from voc_root: its fix says so
     ds = fdata.build_dataset("pascal_context", ctx, "train", voc_root=str(moved / "VOC2010"))
     assert len(ds) == 2
     mats = ctx / "trainval"

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from timm.data import ImageNetInfo
 
+from fcnseg.errors import ConvertError
 from fcnseg.models import build
 from fcnseg.models.backbones import convolutionalize_classifier
 from fcnseg.models.pretrained import (
@@ -94,12 +95,12 @@ def test_every_tensor_is_mapped_and_errors_name_the_keys():
     assert out["blocks.6.0.conv_pwl.weight"] is src["_blocks.15._project_conv.weight"]
     assert out["bn2.running_var"] is src["_bn1.running_var"] and out["bn1.weight"] is src["_bn0.weight"]
     missing = {k: v for k, v in src.items() if k != "_blocks.15._project_conv.weight"}
-    with pytest.raises(KeyError, match="blocks.6.0.conv_pwl.weight"):
+    with pytest.raises(ConvertError, match="blocks.6.0.conv_pwl.weight"):
         convert_efficientnet_lite(missing, model)
     wrong = {**src, "_conv_head.weight": torch.zeros(1280, 320, 3, 3)}
-    with pytest.raises(ValueError, match="_conv_head.weight -> conv_head.weight"):
+    with pytest.raises(ConvertError, match="_conv_head.weight -> conv_head.weight"):
         convert_efficientnet_lite(wrong, model)
-    with pytest.raises(KeyError, match="_blocks.0._bogus.weight"):
+    with pytest.raises(ConvertError, match="_blocks.0._bogus.weight"):
         convert_efficientnet_lite({**src, "_blocks.0._bogus.weight": torch.zeros(1)}, model)
 
 

@@ -129,7 +129,7 @@ def test_bad_and_missing_files_are_named(tree: Path) -> None:
     expected = [r"coast_n0\.mat: cannot read the semantic labels .*fix: re-extract",
                 r"coast_n1\.mat: no variable .S. in this \.mat file",
                 r"coast_n2\.mat: semantic label values 34 are neither a class \(1\.\.33\)",
-                r"GeoLabels/.*coast_n3\.mat: geometric label file not found.*--skip-bad"]
+                r"GeoLabels/.*coast_n3\.mat: geometric label file not found.*`skip_bad`"]
     for i, message in enumerate(expected):  # each sample's error names its own file and the fix
         with pytest.raises(DataError, match=message):
             ds[i]

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .models import build
 from .normalization import Normalization, get_normalization
 from .outputs import atomic_write
@@ -103,23 +103,29 @@ def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike[str]) -> Path:
     return atomic_write(path, lambda f: torch.save(ckpt.to_dict(), f))
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint`; errors name the file and what is wrong."""
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu", *,
+                    option: str = "checkpoint") -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Errors are :class:`CheckpointError` naming the file (``path``) and what is wrong; their fix names
+    ``option``, the config field that chose the file (``checkpoint``, ``resume``, ``init_from``).
+    """
     path = Path(path)
+    choose = f"choose another {{{option}}}"
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist", fix=f"check the path, or {choose}", path=path)
     try:
         # Our checkpoints hold only tensors and plain containers; weights_only keeps loading safe.
         d = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same to the user
-        raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {e})", path=path,
+                              fix=f"restore the file, or {choose}") from e
     if not isinstance(d, dict) or d.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{path} is not an fcnseg checkpoint (no format={FORMAT!r} field); "
-            "convert foreign weights with `fcnseg convert`"
-        )
+        raise CheckpointError(f"{path} is not an fcnseg checkpoint (no format={FORMAT!r} field)", path=path,
+                              fix=f"convert foreign weights with fcnseg convert, or {choose}")
     if d.get("version", 0) > VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {d['version']}; this fcnseg reads up to {VERSION}")
+        raise CheckpointError(f"{path} has checkpoint version {d['version']}; this fcnseg reads up to {VERSION}",
+                              fix=f"upgrade fcnseg, or {choose}", path=path)
     return Checkpoint(
         model_name=d["model"]["name"], model_args=dict(d["model"]["args"]), state_dict=d["state_dict"],
         classes=list(d["classes"]), palette=[tuple(c) for c in d["palette"]],
@@ -130,19 +136,20 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
 
 
 def load_init_weights(spec: str) -> tuple[dict[str, torch.Tensor], Normalization | None]:
-    """The weights ``--init-from`` names, and the input normalisation they imply.
+    """The weights the ``init_from`` option names, and the input normalisation they imply.
 
     ``spec`` is one checkpoint (its state dict and normalisation), or several merged under name prefixes,
     ``color=runs/rgb/best.pt,hha=runs/hha/best.pt`` (tensors as ``color.<name>``, ``hha.<name>``; no
     normalisation implied): the reference initialises its late-fusion RGB-HHA net from trained RGB and HHA nets.
     """
     if Path(spec).is_file() or "=" not in spec:
-        ck = load_checkpoint(spec)
+        ck = load_checkpoint(spec, option="init_from")
         return ck.state_dict, ck.normalization
     merged: dict[str, torch.Tensor] = {}
     for part in filter(None, spec.split(",")):
         prefix, sep, path = part.partition("=")
         if not sep or not prefix or not path:
-            raise ValueError(f"--init-from {spec!r}: expected a checkpoint, or NAME=CHECKPOINT,NAME=CHECKPOINT")
-        merged.update({f"{prefix}.{k}": v for k, v in load_checkpoint(path).state_dict.items()})
+            raise ConfigError(f"init_from {spec!r}: expected a checkpoint, or NAME=CHECKPOINT,NAME=CHECKPOINT",
+                              fix="set {init_from} to one checkpoint, or to NAME=CHECKPOINT pairs joined by commas")
+        merged.update({f"{prefix}.{k}": v for k, v in load_checkpoint(path, option="init_from").state_dict.items()})
     return merged, None

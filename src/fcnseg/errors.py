@@ -27,6 +27,7 @@ import os
 import re
 from collections.abc import Callable
 from types import ModuleType
+from typing import Self
 
 _OPTION = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 _PY_OPTION = re.compile(r"`([a-z_][a-z0-9_]*)`")
@@ -91,6 +92,19 @@ class FcnsegError(Exception):
             return self.what
         return f"{self.what}{_FIX_SEP}{_OPTION.sub(lambda m: spell(m.group(1)), self.fix)}"
 
+    def with_fix(self, more: str) -> Self:
+        """A copy of this error (same class, ``what``, ``path`` and attributes) whose fix adds ``more``.
+
+        A layer that knows an option the raiser did not (the dataset knows ``{skip_bad}``; the image reader
+        does not) extends the fix this way, once: nothing is added when every option ``more`` names is
+        already among :attr:`options`.
+        """
+        named = _OPTION.findall(more)
+        if named and all(name in self.options for name in named):
+            return self
+        fix = f"{self.fix}, {more}" if self.fix else more
+        return _rebuild(type(self), self.what, fix, self.path, self.__dict__)  # type: ignore[return-value]
+
     def __reduce__(self):  # type: ignore[no-untyped-def]  # pickles across processes with its parts
         return (_rebuild, (type(self), self.what, self.fix, self.path, self.__dict__))
 
@@ -98,7 +112,7 @@ class FcnsegError(Exception):
 def _rebuild(cls: type[FcnsegError], what: str, fix: str | None, path: str | None, state: dict) -> FcnsegError:
     e = cls.__new__(cls)
     FcnsegError.__init__(e, what, fix=fix, path=path)
-    e.__dict__.update(state)
+    e.__dict__.update({k: v for k, v in state.items() if k not in ("what", "fix", "path", "options")})
     return e
 
 
@@ -135,6 +149,13 @@ class PredictionError(FcnsegError, RuntimeError):
 
 class DistributedError(FcnsegError, RuntimeError):
     """A process of a multi-process run stopped answering or failed; the message names the rank."""
+
+    exit_code = 1
+
+
+class StateError(FcnsegError, RuntimeError):
+    """The process is in a state that would make the work silently wrong (e.g. another library turned on
+    Pillow's ``LOAD_TRUNCATED_IMAGES``)."""
 
     exit_code = 1
 

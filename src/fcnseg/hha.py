@@ -41,6 +41,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from .errors import ConfigError, DataError, OutputError
+
 __all__ = ["Camera", "NYUD_CAMERA", "HHA", "point_cloud", "surface_normals", "estimate_gravity", "compute_hha",
            "hha_encode", "encode_depth_files"]
 
@@ -59,7 +61,8 @@ class Camera:
         """From a 3x3 calibration matrix ``[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]``."""
         m = np.asarray(k, dtype=np.float64)
         if m.shape != (3, 3):
-            raise ValueError(f"camera matrix must be 3x3, not {m.shape}")
+            raise ConfigError(f"camera matrix must be 3x3, not {m.shape}",
+                              fix="give the calibration matrix [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]")
         return cls(fx=float(m[0, 0]), fy=float(m[1, 1]), cx=float(m[0, 2]), cy=float(m[1, 2]))
 
 
@@ -174,10 +177,10 @@ def compute_hha(depth_m: np.ndarray, camera: Camera, *, missing: np.ndarray | No
     """
     depth = np.asarray(depth_m, dtype=np.float64)
     if depth.ndim != 2:
-        raise ValueError(f"depth map must be (H, W), not {depth.shape}")
+        raise DataError(f"depth map must be (H, W), not {depth.shape}", fix="give one depth value a pixel")
     has_depth = np.isfinite(depth) & (depth > 0)
     if not has_depth.any():
-        raise ValueError("depth map has no positive depth values")
+        raise DataError("depth map has no positive depth values", fix="give a depth map with measured depths")
     depth = np.where(has_depth, depth, 0.0)
     measured = has_depth if missing is None else has_depth & ~np.asarray(missing, dtype=bool)
     points = point_cloud(depth, camera)
@@ -218,15 +221,21 @@ def encode_depth_files(paths: Sequence[str | Path], out_dir: str | Path, camera:
     from PIL import Image
 
     from .io import read_depth
+    from .outputs import atomic_write, check_output_dir
 
-    out = Path(out_dir)
+    out = check_output_dir(out_dir, overwrite=True)  # writable; existing files are checked one by one below
     targets = [out / f"{Path(p).stem}.png" for p in paths]
     existing = [t for t in targets if t.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{existing[0]} exists ({len(existing)} outputs do); fix: pass --overwrite or "
-                              "choose another -o")
-    out.mkdir(parents=True, exist_ok=True)
+        raise OutputError(f"{existing[0]} exists ({len(existing)} outputs do)", path=existing[0],
+                          fix="pass {overwrite} or choose another {out_dir}")
     for src, dst in zip(paths, targets, strict=True):
-        depth_m = read_depth(src) / depth_scale
-        Image.fromarray(hha_encode(depth_m, camera)).save(dst)
+        try:
+            hha = hha_encode(read_depth(src) / depth_scale, camera)
+        except DataError as e:
+            if e.path is not None:
+                raise
+            raise DataError(f"{src}: {e.what}", fix=e.fix, path=src) from e  # name the file
+        image = Image.fromarray(hha)
+        atomic_write(dst, lambda f, im=image: im.save(f, format="PNG"), fsync=False)
     return targets

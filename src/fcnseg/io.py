@@ -8,7 +8,8 @@ What a user's files hold is read the same way everywhere:
 * a multi-frame file (GIF, TIFF, APNG) gives its first frame, with a warning;
 * a pixel budget (``max_pixels``, :data:`DEFAULT_MAX_PIXELS`) is checked from the header, before decoding,
   so a decompression bomb costs nothing;
-* anything unreadable (zero bytes, text named ``.png``, truncated data) is a :class:`DataError` naming the file.
+* anything unreadable (zero bytes, text named ``.png``, truncated data) is a :class:`DataError` naming the file
+  (``path``) and the fix; a file over the budget names the option ``max_pixels`` in its fix.
 
 Masks (:func:`open_mask`) get the same orientation, frame and budget handling but keep their mode: their
 values are labels, never rescaled.
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .errors import DataError, clean_error_message
+from .errors import DataError, StateError, clean_error_message
 
 __all__ = [
     "DataError", "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageHeader", "read_image", "read_image_array",
@@ -44,6 +45,8 @@ DEFAULT_MAX_PIXELS = 50_000_000
 
 Source = str | os.PathLike[str] | bytes | BinaryIO
 
+
+_REEXPORT = "re-export it as PNG or JPEG, or remove it"
 
 # Pillow registers these but cannot decode them without an external handler or program.
 _STUB_FORMATS = frozenset({"BUFR", "GRIB", "HDF5", "WMF", "EPS", "MPEG"})
@@ -104,8 +107,8 @@ def _name(source: Source) -> str:
 def _open(source: Source, what: str, max_pixels: int) -> Image.Image:
     """``Image.open`` with the budget checked from the header; errors become one-line :class:`DataError`."""
     _refuse_truncated()
-    name = _name(source)
-    budget_fix = f"pass a larger --max-pixels (now {max_pixels:,}) or downscale the file"
+    name, path = _name(source), _path(source)
+    budget_fix = f"pass a larger {{max_pixels}} (now {max_pixels:,}) or downscale the file"
     if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = max_pixels  # PIL's own bomb check must not fire below the user's budget
     fp = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
@@ -115,29 +118,32 @@ def _open(source: Source, what: str, max_pixels: int) -> Image.Image:
         claimed = re.search(r"\((\d+) pixels\)", str(e))
         size = f"{int(claimed.group(1)):,} pixels" if claimed else f"over {2 * Image.MAX_IMAGE_PIXELS:,} pixels"
         raise DataError(f"{name}: {what} header claims {size} (a decompression bomb?), over the budget of "
-                        f"{max_pixels:,}; fix: {budget_fix}") from e
+                        f"{max_pixels:,}", fix=budget_fix, path=path) from e
     except FileNotFoundError as e:
-        raise DataError(f"{name}: {what} file not found; fix: check the path") from e
+        raise DataError(f"{name}: {what} file not found", fix="check the path", path=path) from e
     except IsADirectoryError as e:
-        raise DataError(f"{name}: is a folder, not an {what} file; fix: pass a file") from e
+        raise DataError(f"{name}: is a folder, not an {what} file", fix="pass a file", path=path) from e
     except UnidentifiedImageError as e:
         size = _size_note(source)
-        raise DataError(f"{name}: not an {what} file Pillow can read{size}; fix: re-export it as PNG or JPEG, "
-                        "or remove it") from e
+        raise DataError(f"{name}: not an {what} file Pillow can read{size}", fix=_REEXPORT, path=path) from e
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - Pillow's plugins raise many types on malformed files
-        raise DataError(f"{name}: cannot read {what} ({type(e).__name__}: {e}); fix: re-export it as PNG or "
-                        "JPEG, or remove it") from e
+        raise DataError(f"{name}: cannot read {what} ({type(e).__name__}: {e})", fix=_REEXPORT, path=path) from e
     w, h = im.size
     if w * h > max_pixels:
         im.close()
-        raise DataError(f"{name}: {what} is {w}x{h} = {w * h:,} pixels, over the budget of {max_pixels:,}; "
-                        f"fix: {budget_fix}")
+        raise DataError(f"{name}: {what} is {w}x{h} = {w * h:,} pixels, over the budget of {max_pixels:,}",
+                        fix=budget_fix, path=path)
     if w == 0 or h == 0:
         im.close()
-        raise DataError(f"{name}: {what} is empty ({w}x{h}); fix: re-export it or remove it")
+        raise DataError(f"{name}: {what} is empty ({w}x{h})", fix="re-export it or remove it", path=path)
     return im
+
+
+def _path(source: Source) -> str | None:
+    """The file's path when ``source`` is one (errors carry it), else None (bytes, streams)."""
+    return str(source) if isinstance(source, str | os.PathLike) else None
 
 
 def _size_note(source: Source) -> str:
@@ -183,8 +189,8 @@ def read_header(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS, what: s
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - e.g. a truncated multi-page TIFF fails while counting frames
-        raise DataError(f"{_name(source)}: cannot read {what} header ({type(e).__name__}: {e}); fix: re-export "
-                        "it as PNG or JPEG, or remove it") from e
+        raise DataError(f"{_name(source)}: cannot read {what} header ({type(e).__name__}: {e})", fix=_REEXPORT,
+                        path=_path(source)) from e
     finally:
         im.close()
 
@@ -210,8 +216,7 @@ def _decode(source: Source, what: str, max_pixels: int) -> Image.Image:
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - Pillow's decoders raise many types on corrupt data
-        raise DataError(f"{name}: cannot decode {what} ({e}); fix: re-export it as PNG or JPEG, or remove it") \
-            from e
+        raise DataError(f"{name}: cannot decode {what} ({e})", fix=_REEXPORT, path=_path(source)) from e
     finally:
         im.close()
     return out
@@ -270,7 +275,7 @@ def read_depth(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
     im = open_mask(source, max_pixels=max_pixels)
     if im.mode not in ("I;16", "I;16B", "I;16L", "I", "L"):
         raise DataError(f"{_name(source)}: depth map has mode {im.mode}, expected one channel (16-bit grey PNG in "
-                        "millimetres); fix: save the raw depth values as a 16-bit PNG")
+                        "millimetres)", fix="save the raw depth values as a 16-bit PNG", path=_path(source))
     return np.asarray(im).astype(np.int32)
 
 
@@ -282,7 +287,5 @@ def unsupported(paths: Iterable[Path]) -> list[Path]:
 def _refuse_truncated() -> None:
     # With this flag PIL pads a truncated file with grey and reports nothing: a silent label/image mismatch.
     if ImageFile.LOAD_TRUNCATED_IMAGES:
-        raise RuntimeError(
-            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set by other code), so truncated images would load "
-            "silently; fix: set it back to False"
-        )
+        raise StateError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set by other code), so truncated images "
+                         "would load silently", fix="set it back to False")

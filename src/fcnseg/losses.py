@@ -9,6 +9,10 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from .errors import ConfigError
+
+_TASKS_FIX = "train a multi-task {model} on a dataset with one label channel per task ({dataset}), or vice versa"
+
 
 def segmentation_loss(logits: Tensor | Mapping[str, Tensor], target: Tensor, *, ignore_index: int = 255,
                       reduction: Literal["sum", "mean"] = "mean", weight: Tensor | None = None) -> Tensor:
@@ -26,10 +30,10 @@ def segmentation_loss(logits: Tensor | Mapping[str, Tensor], target: Tensor, *, 
     """
     if isinstance(logits, Mapping):
         if weight is not None:
-            raise ValueError("class weights are for single-task models; fix: --class-weights none")
+            raise ConfigError("class weights are for single-task models", fix="set {class_weights} none")
         if target.ndim != 4 or target.shape[1] != len(logits):
-            raise ValueError(f"{len(logits)} tasks ({', '.join(logits)}) need targets (N, {len(logits)}, H, W), "
-                             f"got {tuple(target.shape)}")
+            raise ConfigError(f"{len(logits)} tasks ({', '.join(logits)}) need targets (N, {len(logits)}, H, W), "
+                              f"got {tuple(target.shape)}", fix=_TASKS_FIX)
         losses = [segmentation_loss(x, target[:, t], ignore_index=ignore_index, reduction=reduction)
                   for t, x in enumerate(logits.values())]
         return sum(losses[1:], losses[0])

@@ -27,6 +27,8 @@ import torch
 from torch import Tensor
 from torch import distributed as dist
 
+from .errors import ConfigError, DataError
+
 __all__ = ["ConfusionMatrix", "MultiTaskConfusion", "SegMetrics"]
 
 
@@ -73,8 +75,9 @@ class ConfusionMatrix:
     def update(self, pred: Tensor, target: Tensor) -> None:
         """Add pixels. ``pred`` and ``target`` are integer tensors of the same shape (any shape).
 
-        Raises ``ValueError`` for target labels that are neither a class nor the ignore label, and for
-        predictions outside ``[0, num_classes)``: a silently wrong metric is worse than an error.
+        Raises :class:`~fcnseg.errors.DataError` for target labels that are neither a class nor the ignore
+        label, and ``ValueError`` for predictions outside ``[0, num_classes)`` or shapes that differ (bugs of
+        the caller): a silently wrong metric is worse than an error.
         """
         if pred.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
@@ -85,7 +88,8 @@ class ConfusionMatrix:
         target, pred = target[keep], pred[keep]
         if target.numel() and (target.min() < 0 or target.max() >= k):
             bad = target[(target < 0) | (target >= k)].unique()[:10].tolist()
-            raise ValueError(f"target labels {bad} are neither a class in [0, {k}) nor ignore={self.ignore_index}")
+            raise DataError(f"target labels {bad} are neither a class in [0, {k}) nor ignore={self.ignore_index}",
+                            fix="score on a dataset whose classes are the model's ({dataset})")
         if pred.numel() and (pred.min() < 0 or pred.max() >= k):
             raise ValueError(f"predictions outside [0, {k})")
         self.mat += torch.bincount(target * k + pred, minlength=k * k).reshape(k, k)
@@ -145,8 +149,9 @@ class MultiTaskConfusion:
     def update(self, pred: Tensor, target: Tensor) -> None:
         """Add pixels of (N, T, H, W) predictions and targets, task ``t`` in channel ``t``."""
         if pred.ndim != 4 or pred.shape[1] != len(self.matrices) or target.shape != pred.shape:
-            raise ValueError(f"{len(self.matrices)} tasks need predictions and targets (N, {len(self.matrices)}, "
-                             f"H, W); got {tuple(pred.shape)} and {tuple(target.shape)}")
+            raise ConfigError(f"{len(self.matrices)} tasks need predictions and targets (N, {len(self.matrices)}, "
+                              f"H, W); got {tuple(pred.shape)} and {tuple(target.shape)}",
+                              fix="score a multi-task model on a dataset with one label channel per task ({dataset})")
         for t, cm in enumerate(self.matrices.values()):
             cm.update(pred[:, t], target[:, t])
 

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
+from .errors import ConfigError
+
 __all__ = ["Normalization", "CAFFE_VGG", "IMAGENET", "get_normalization"]
 
 
@@ -39,7 +41,8 @@ class Normalization:
             x = torch.cat([x[..., [2, 1, 0], :, :], x[..., 3:, :, :]], dim=-3)
         c = x.shape[-3]
         if len(self.mean) != c:
-            raise ValueError(f"normalisation {self.name!r} has {len(self.mean)} channel means; input has {c}")
+            raise ConfigError(f"normalisation {self.name!r} has {len(self.mean)} channel means; input has {c}",
+                              fix=f"choose a {{normalization}} for {c}-channel input")
         shape = (c, 1, 1)
         mean = torch.tensor(self.mean, device=x.device).view(shape)
         std = torch.tensor(self.std, device=x.device).view(shape)
@@ -76,7 +79,8 @@ def get_normalization(name: str | dict[str, object] | Normalization) -> Normaliz
     if isinstance(name, dict):
         return Normalization.from_dict(name)
     if name not in _NAMED:
-        raise ValueError(f"unknown normalisation {name!r}; known: {', '.join(_NAMED)}")
+        raise ConfigError(f"unknown normalisation {name!r}; known: {', '.join(_NAMED)}",
+                          fix="choose one of them for {normalization}")
     return _NAMED[name]
 
 

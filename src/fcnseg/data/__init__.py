@@ -14,6 +14,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from .base import IGNORE_INDEX, DataError, SegmentationDataset, Transforms, read_image
 from .camvid import CAMVID_CLASSES, CAMVID_PALETTE, CamVid
 from .folder import FolderSegmentation
@@ -48,13 +49,15 @@ def build_dataset(
 ) -> SegmentationDataset:
     """The dataset ``DATASETS[kind](root, split, transforms, **kw)``; ``split=None`` only for ``"folder"``."""
     if kind not in DATASETS:
-        raise ValueError(f"unknown dataset kind {kind!r}; available: {', '.join(DATASETS)}")
+        raise ConfigError(f"unknown dataset kind {kind!r}; available: {', '.join(DATASETS)}",
+                          fix="choose one of them for {dataset}")
     if split is None and kind != "folder":
-        raise ValueError(f"dataset kind {kind!r} needs a split")
+        raise ConfigError(f"dataset kind {kind!r} needs a split", fix="name the split to read")
     params = inspect.signature(DATASETS[kind]).parameters
     unknown = sorted(k for k in kw if k not in params or k in ("root", "split", "transforms"))
     if unknown:
         allowed = [p for p in params if p not in ("self", "root", "split", "transforms")]
-        raise ValueError(f"dataset {kind!r} takes no argument {', '.join(map(repr, unknown))}"
-                         f"{'; it takes: ' + ', '.join(allowed) if allowed else ' (it takes none)'}")
+        raise ConfigError(f"dataset {kind!r} takes no argument {', '.join(map(repr, unknown))}"
+                          f"{'; it takes: ' + ', '.join(allowed) if allowed else ' (it takes none)'}",
+                          fix="remove it from {dataset_args}")
     return DATASETS[kind](root, split, transforms, **kw)

@@ -29,7 +29,8 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from .. import __version__
-from ..io import DEFAULT_MAX_PIXELS, DataError, open_mask, read_header, read_image
+from ..errors import ConfigError, DataError
+from ..io import DEFAULT_MAX_PIXELS, open_mask, read_header, read_image
 from ..progress import Progress
 
 __all__ = [
@@ -45,7 +46,7 @@ IGNORE_INDEX = 255
 
 Transforms = Callable[[tv_tensors.Image, tv_tensors.Mask], tuple[tv_tensors.Image, tv_tensors.Mask]]
 
-_SKIP_FIX = "or pass --skip-bad to skip such samples"
+_SKIP_FIX = "or pass {skip_bad} to skip such samples"
 
 CHECK_LEVELS = ("headers", "labels", "full")
 """How deep :meth:`SegmentationDataset.validate` looks: image and mask headers (sizes, budget, readable
@@ -110,7 +111,8 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
         transforms: Transforms | None = None,
     ):
         if len(palette) < len(classes):
-            raise ValueError(f"palette has {len(palette)} colours for {len(classes)} classes")
+            raise DataError(f"palette has {len(palette)} colours for {len(classes)} classes",
+                            fix="give every class a colour")
         self.samples = list(samples)
         self.classes = list(classes)
         self.palette = [tuple(int(v) for v in c) for c in palette[: len(classes)]]
@@ -167,7 +169,10 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
         try:
             return self._load(i)
         except DataError as e:
-            raise with_skip_hint(e) from e
+            hinted = with_skip_hint(e)
+            if hinted is e:
+                raise
+            raise hinted from e
 
     def _load(self, i: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         image_path, mask_path = self.samples[i]
@@ -191,9 +196,9 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
             return
         raise DataError(
             f"{mask_path}: mask is {mask_hw[1]}x{mask_hw[0]} (WxH) but its image {image_path} is "
-            f"{image_hw[1]}x{image_hw[0]}; fix: --dataset-arg resize=image (resize masks, nearest neighbour) "
-            f"or resize=mask (resize images), or pair the right files, {_SKIP_FIX}"
-        )
+            f"{image_hw[1]}x{image_hw[0]}", path=mask_path,
+            fix=f"pass {{dataset_args}} resize=image (resize masks, nearest neighbour) or resize=mask (resize "
+                f"images), or pair the right files, {_SKIP_FIX}")
 
     def _check_labels(self, labels: np.ndarray, mask_path: Path) -> None:
         bad = (labels < 0) | ((labels >= self.num_classes) & (labels != self.ignore_index))
@@ -202,12 +207,13 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
             shown = ", ".join(str(v) for v in values[:8]) + (", ..." if len(values) > 8 else "")
             raise DataError(
                 f"{mask_path}: label values {shown} are neither a class (0..{self.num_classes - 1}) nor the "
-                f"ignore label {self.ignore_index}; fix: relabel the mask or give the dataset its full class "
-                f"list{self._label_hint(values)}, {_SKIP_FIX}"
-            )
+                f"ignore label {self.ignore_index}", path=mask_path,
+                fix=f"relabel the mask or give the dataset its full class list{self._label_hint(values)}, "
+                    f"{_SKIP_FIX}")
 
     def _label_hint(self, values: np.ndarray) -> str:
-        """Extra advice for out-of-range labels (subclasses know their mask formats)."""
+        """Extra advice for out-of-range labels (subclasses know their mask formats), part of the fix: options
+        are named as ``{field}`` placeholders (``{dataset_args}``), never as flags."""
         return ""
 
     def __getitem__(self, i: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
@@ -255,9 +261,9 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
                 if header.orientation in (5, 6, 7, 8) and tuple(mask_hw) == (w, h):
                     raise DataError(
                         f"{image_path}: EXIF orientation {header.orientation} turns the photo to {w}x{h} (WxH), "
-                        f"but its mask {mask_path} matches the stored, unturned pixels; fix: save the photo "
-                        f"without the EXIF orientation or turn the mask to match (resizing would misplace "
-                        f"labels), {_SKIP_FIX}")
+                        f"but its mask {mask_path} matches the stored, unturned pixels", path=image_path,
+                        fix=f"save the photo without the EXIF orientation or turn the mask to match (resizing "
+                            f"would misplace labels), {_SKIP_FIX}")
                 self._size_problem(image_path, mask_path, (h, w), mask_hw)
                 return "resized", ""
         except DataError as e:
@@ -280,7 +286,8 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
         """
         t0 = time.perf_counter()
         if level not in CHECK_LEVELS:
-            raise ValueError(f"check level {level!r}: expected one of {', '.join(CHECK_LEVELS)}")
+            raise ConfigError(f"check level {level!r}: expected one of {', '.join(CHECK_LEVELS)}",
+                              fix=f"set {{check_data}} to {', '.join(CHECK_LEVELS)} or off")
         store = _VerdictCache(self, level) if cache else None
         verdicts: list[tuple[str, str] | None] = [store.get(s) if store else None for s in self.samples]
         todo = [i for i, v in enumerate(verdicts) if v is None]
@@ -304,13 +311,16 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
                 report.resized += status == "resized"
         report.seconds = time.perf_counter() - t0
         if report.bad and not skip_bad:
+            first = DataError(report.bad[0])  # a verdict is str(e): the constructor takes its fix back apart
             more = f" (and {len(report.bad) - 1} more bad samples)" if len(report.bad) > 1 else ""
-            raise DataError(report.bad[0] + more)
+            raise DataError(first.what + more, fix=first.fix)
         if report.bad:
             for message in report.bad:
                 log.warning("skipping bad sample: %s", message)
             if not keep:
-                raise DataError(f"every sample is bad, e.g. {report.bad[0]}")
+                first = DataError(report.bad[0])
+                raise DataError(f"every sample is bad, e.g. {first.what}",
+                                fix=(first.fix or "").replace(f", {_SKIP_FIX}", "") or None)
             self.samples = keep
         if skip_bad:
             self.skip_bad = True
@@ -325,14 +335,15 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
 
 
 def with_skip_hint(e: DataError) -> DataError:
-    """``e`` with the ``--skip-bad`` fix appended, where the reader (which knows no command) left it out."""
-    return e if "--skip-bad" in str(e) else DataError(f"{e}, {_SKIP_FIX}")
+    """``e`` with the ``{skip_bad}`` option added to its fix, where the reader (which knows no dataset) left it
+    out; ``e`` itself when its fix already names ``skip_bad`` (decided by :attr:`DataError.options`)."""
+    return e.with_fix(_SKIP_FIX)
 
 
 def _require_mask(image_path: Path, mask_path: Path) -> None:
     if not os.path.exists(mask_path):
-        raise DataError(f"{image_path} has no mask {mask_path}; fix: add the mask (same file stem) or remove the "
-                        f"image, {_SKIP_FIX}")
+        raise DataError(f"{image_path} has no mask {mask_path}", path=mask_path,
+                        fix=f"add the mask (same file stem) or remove the image, {_SKIP_FIX}")
 
 
 def _resize_labels(labels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -357,7 +368,9 @@ class _VerdictCache:
     def __init__(self, ds: SegmentationDataset, level: str):
         self.files = ds.sample_files
         versions = {"fcnseg": __version__, "pillow": PIL.__version__}  # a fixed reader re-checks old verdicts
-        key = json.dumps({**ds._fingerprint(), "level": level, **versions}, sort_keys=True, default=str)
+        # "messages": 2 -- verdicts name options as {field} placeholders, not as the flags of older caches
+        key = json.dumps({**ds._fingerprint(), "level": level, "messages": 2, **versions}, sort_keys=True,
+                         default=str)
         self.path = cache_dir() / "validate" / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.json"
         try:
             self.table: dict[str, list[str]] = json.loads(self.path.read_text())
@@ -397,10 +410,9 @@ def index_array(im: Image.Image, path: Path) -> np.ndarray:
     """Labels (H, W) of a single-channel index mask: palette ("P") PNGs give their indices, not colours."""
     if im.mode not in ("P", "L", "I", "I;16", "1"):
         raise DataError(
-            f"{path}: mask has mode {im.mode}, expected single-channel labels (palette or grey PNG); fix: "
-            f"save class indices as an 8-bit PNG (for RGB colour masks use FolderSegmentation with a colour "
-            f"table)"
-        )
+            f"{path}: mask has mode {im.mode}, expected single-channel labels (palette or grey PNG)", path=path,
+            fix="save class indices as an 8-bit PNG (for RGB colour masks use FolderSegmentation with a colour "
+                "table)")
     return np.asarray(im).astype(np.int64)
 
 
@@ -423,10 +435,10 @@ def read_class_table(path: Path) -> list[tuple[int, str, tuple[int, int, int] | 
             colour = tuple(int(t) for t in tokens[-3:])
             tokens = tokens[:-3]
             if max(colour) > 255:
-                raise DataError(f"{path}:{n}: colour {colour} is not 8-bit RGB; fix: use values 0..255")
+                raise DataError(f"{path}:{n}: colour {colour} is not 8-bit RGB", fix="use values 0..255", path=path)
         rows.append((index, " ".join(tokens), colour))
     if not rows:
-        raise DataError(f"{path}: no classes listed; fix: write one class name a line")
+        raise DataError(f"{path}: no classes listed", fix="write one class name a line", path=path)
     return rows
 
 
@@ -440,27 +452,26 @@ def split_class_table(
     classes = sorted((r for r in rows if r[0] != ignore_index), key=lambda r: r[0])
     if [r[0] for r in classes] != list(range(len(classes))):
         raise DataError(
-            f"{path}: class indices {[r[0] for r in classes]} are not 0..{len(classes) - 1}, each once; fix: "
-            f"number the classes from 0 without gaps (use {ignore_index} for an ignored colour)"
-        )
+            f"{path}: class indices {[r[0] for r in classes]} are not 0..{len(classes) - 1}, each once", path=path,
+            fix=f"number the classes from 0 without gaps (use {ignore_index} for an ignored colour)")
     ignored = [r[2] for r in rows if r[0] == ignore_index and r[2] is not None]
     return [r[1] for r in classes], [r[2] for r in classes], ignored
 
 
 def require_dir(path: Path, what: str, fix: str) -> Path:
-    """``path`` if it is a directory, else :class:`DataError` saying ``fix``."""
+    """``path`` if it is a directory, else :class:`DataError` saying ``fix`` (options as ``{field}``)."""
     if not path.is_dir():
-        raise DataError(f"{path}: {what} folder not found; fix: {fix}")
+        raise DataError(f"{path}: {what} folder not found", fix=fix, path=path)
     return path
 
 
 def read_ids(path: Path, fix: str) -> list[str]:
     """Non-empty, stripped lines of a split file; :class:`DataError` when it is missing or empty."""
     if not path.is_file() and fix:
-        raise DataError(f"{path}: split file not found; fix: {fix}")
+        raise DataError(f"{path}: split file not found", fix=fix, path=path)
     ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not ids:
-        raise DataError(f"{path}: split file lists no samples (empty split); fix: list one id a line")
+        raise DataError(f"{path}: split file lists no samples (empty split)", fix="list one id a line", path=path)
     return ids
 
 
@@ -475,12 +486,12 @@ def read_mat_labels(path: Path, key: str, what: str, fix: str) -> np.ndarray:
     try:
         raw = loadmat(path)[key]
     except KeyError:
-        raise DataError(f"{path}: no variable '{key}' in this .mat file; fix: {fix}") from None
+        raise DataError(f"{path}: no variable '{key}' in this .mat file", fix=fix, path=path) from None
     except Exception as e:  # scipy raises many types on corrupt files: ValueError, OSError, zlib.error...
-        raise DataError(f"{path}: cannot read {what} ({type(e).__name__}: {e}); fix: {fix}") from e
+        raise DataError(f"{path}: cannot read {what} ({type(e).__name__}: {e})", fix=fix, path=path) from e
     raw = np.asarray(raw)
     whole = raw.dtype.kind in "iu" or (raw.dtype.kind == "f" and bool(np.all(raw == np.round(raw))))
     if raw.ndim != 2 or not whole:
-        raise DataError(f"{path}: '{key}' is {raw.dtype} of shape {raw.shape}, expected 2-D integer labels; "
-                        f"fix: {fix}")
+        raise DataError(f"{path}: '{key}' is {raw.dtype} of shape {raw.shape}, expected 2-D integer labels",
+                        fix=fix, path=path)
     return raw.astype(np.int64)

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from ..errors import ConfigError
 from ..progress import Progress
 from .base import DataError, SegmentationDataset
 
@@ -52,9 +53,10 @@ def decoded_bytes(ds: SegmentationDataset) -> int:
 def cache_decision(ds: SegmentationDataset, mode: str) -> tuple[bool, str]:
     """Whether to cache ``ds`` under ``mode`` (:data:`CACHE_MODES`), and why, for the log."""
     if mode not in CACHE_MODES:
-        raise ValueError(f"--cache must be one of {', '.join(CACHE_MODES)}, not {mode!r}")
+        raise ConfigError(f"cache must be one of {', '.join(CACHE_MODES)}, not {mode!r}",
+                          fix=f"set {{cache}} to {', '.join(CACHE_MODES)}")
     if mode != "auto":
-        return mode == "on", f"--cache {mode}"
+        return mode == "on", f"cache={mode}"
     need, free = decoded_bytes(ds), available_memory()
     budget = min(MAX_AUTO_BYTES, free // 4) if free else MAX_AUTO_BYTES // 4
     reason = f"decoded split ~{need / 2**20:.0f} MiB, budget {budget / 2**20:.0f} MiB"
@@ -70,10 +72,11 @@ class DecodedCache(Dataset):
     """
 
     def __init__(self, ds: SegmentationDataset, *, progress: bool = True):
-        if ds.transforms is not None:
+        if ds.transforms is not None:  # a programming error, not a user's: commands wire the cache
             raise ValueError("DecodedCache keeps samples before augmentation: give it a dataset without transforms")
         if ds.num_classes > 255:
-            raise ValueError(f"{ds}: {ds.num_classes} classes do not fit the cache's uint8 masks; use --cache off")
+            raise ConfigError(f"{ds}: {ds.num_classes} classes do not fit the cache's uint8 masks",
+                              fix="set {cache} off")
         self.dataset = ds
         self.items: list[tuple[tv_tensors.Image, tv_tensors.Mask] | None] = []
         with Progress(len(ds), "cache", "img", enabled=progress) as bar:

@@ -51,7 +51,7 @@ class CamVid(SegmentationDataset):
     """
 
     def __init__(self, root: str | Path, split: str = "train", transforms: Transforms | None = None):
-        self.root = require_dir(Path(root), "CamVid dataset", "pass SegNet's CamVid folder")
+        self.root = require_dir(Path(root), "CamVid dataset", "pass SegNet's CamVid folder as {data_root}")
         list_file = self.root / f"{split}.txt"
         image_dir, mask_dir = self.root / split, self.root / f"{split}annot"
         if list_file.is_file() or not (image_dir.is_dir() and mask_dir.is_dir()):
@@ -63,11 +63,12 @@ class CamVid(SegmentationDataset):
             samples = [(p, mask_dir / p.name) for p in sorted(image_dir.glob("*.png"))]
             source = str(image_dir)
         if not samples:
-            raise DataError(f"{source}: no images (empty split); fix: pass a complete CamVid folder")
+            raise DataError(f"{source}: no images (empty split)", fix="pass a complete CamVid folder as {data_root}",
+                            path=source)
         for image, _ in samples:
             if not image.is_file():
-                raise DataError(f"{image}: image listed in {source} not found; fix: restore it or pass the "
-                                f"CamVid folder the list belongs to")
+                raise DataError(f"{image}: image listed in {source} not found", path=image,
+                                fix="restore it or pass the CamVid folder the list belongs to as {data_root}")
         classes, palette = CAMVID_CLASSES, CAMVID_PALETTE
         if (self.root / "classes.txt").is_file():
             rows = [r for r in read_class_table(self.root / "classes.txt") if r[0] != VOID]
@@ -78,8 +79,8 @@ class CamVid(SegmentationDataset):
     def _parse_line(self, line: str, list_file: Path, n: int) -> tuple[Path, Path]:
         parts = line.split()
         if len(parts) != 2:
-            raise DataError(f"{list_file}:{n}: expected 'image_path mask_path', got {line!r}; fix: one pair "
-                            f"a line")
+            raise DataError(f"{list_file}:{n}: expected 'image_path mask_path', got {line!r}",
+                            fix="write one pair a line", path=list_file)
         return self._resolve(parts[0]), self._resolve(parts[1])
 
     def _resolve(self, p: str) -> Path:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, is_image_file
 from .base import (
     IGNORE_INDEX,
@@ -81,14 +82,14 @@ class FolderSegmentation(SegmentationDataset):
         holdout: float | None = None,
     ):
         if resize not in RESIZE_POLICIES:
-            raise DataError(f"resize={resize!r}: expected one of {', '.join(RESIZE_POLICIES)}; fix: "
-                            f"--dataset-arg resize=image")
+            raise ConfigError(f"resize={resize!r}: expected one of {', '.join(RESIZE_POLICIES)}",
+                              fix="pass {dataset_args} resize=image")
         if threshold is not None and not (isinstance(threshold, int) and 0 < threshold <= 255):
-            raise DataError(f"threshold={threshold!r}: expected an integer grey level in 1..255; fix: "
-                            f"--dataset-arg threshold=128")
+            raise ConfigError(f"threshold={threshold!r}: expected an integer grey level in 1..255",
+                              fix="pass {dataset_args} threshold=128")
         binary = binary or threshold is not None
         self.threshold, self.resize, self.max_pixels = threshold, resize, int(max_pixels)
-        root = require_dir(Path(root), "dataset", "pass --data, the folder holding the image and mask folders")
+        root = require_dir(Path(root), "dataset", "pass the folder holding the image and mask folders as {data_root}")
         self.root, stems, held = root, None, None
         split_file = Path(split) if split is not None and Path(split).is_file() else root / f"{split}.txt"
         if split is not None and (root / split).is_dir():
@@ -99,11 +100,12 @@ class FolderSegmentation(SegmentationDataset):
             held = split
         elif split not in (None, "all"):
             raise DataError(
-                f"{root}: split {split!r} is neither a folder {root / str(split)}/ nor a file {split_file}; fix: "
-                f"hold images out for validation with --dataset-arg holdout=0.1 (train/val), write {split_file} "
-                f"(one image stem a line), or use every image with --train-split all")
-        fix = (f"pass --data, the folder holding {images}/ and {masks}/, or name them with --dataset-arg "
-               f"images=NAME --dataset-arg masks=NAME")
+                f"{root}: split {split!r} is neither a folder {root / str(split)}/ nor a file {split_file}",
+                path=root, fix=f"hold images out for validation with {{dataset_args}} holdout=0.1 (train/val), "
+                               f"write {split_file} (one image stem a line), or use every image with "
+                               f"{{train_split}} all")
+        fix = (f"pass the folder holding {images}/ and {masks}/ as {{data_root}}, or name them with "
+               f"{{dataset_args}} images=NAME masks=NAME")
         image_dir = require_dir(self.root / images, "image", fix)
         mask_dir = require_dir(self.root / masks, "mask", fix)
         samples = _pair_by_stem(image_dir, mask_dir, stems)
@@ -113,8 +115,8 @@ class FolderSegmentation(SegmentationDataset):
         self.binary = binary
         names, table_colours, ignored = self._read_classes(classes, [self.root, root], binary)
         if binary and len(names) != 2:
-            raise DataError(f"{root}: binary masks need 2 classes, got {names}; fix: list two class names in "
-                            f"classes.txt")
+            raise DataError(f"{root}: binary masks need 2 classes, got {names}", path=root,
+                            fix="list two class names in classes.txt")
         self.colors: dict[Colour, int] | None = None
         if colors is not None or any(table_colours) or ignored:
             self.colors = {c: i for i, c in enumerate(table_colours) if c is not None}
@@ -123,7 +125,7 @@ class FolderSegmentation(SegmentationDataset):
             bad = {c: i for c, i in self.colors.items() if not (0 <= i < len(names) or i == IGNORE_INDEX)}
             if bad:
                 raise DataError(f"{root}: colours {bad} map to no class (0..{len(names) - 1}) nor "
-                                f"{IGNORE_INDEX}; fix: correct the colour table")
+                                f"{IGNORE_INDEX}", fix="correct the colour table", path=root)
         # Palette: the first colour mapped to a class (the class file's come first), else VOC's colour map.
         palette = voc_palette(len(names))
         for c, i in reversed(list((self.colors or {}).items())):
@@ -145,14 +147,14 @@ class FolderSegmentation(SegmentationDataset):
         if found:
             return split_class_table(read_class_table(found[0]), found[0])
         if classes is not None:
-            raise DataError(f"{classes}: class file not found; fix: pass an existing file to --dataset-arg classes=")
+            raise DataError(f"{classes}: class file not found", path=classes,
+                            fix="pass {dataset_args} classes=FILE to an existing file")
         if binary:
             return ["background", "foreground"], [None, None], []
         raise DataError(
-            f"{folders[0] / 'classes.txt'}: no class names; fix: write this file (one name a line, or "
-            f"'index name r g b'), or pass --dataset-arg classes=FILE, or --dataset-arg binary=true for {{0, 255}} "
-            f"masks"
-        )
+            f"{folders[0] / 'classes.txt'}: no class names", path=folders[0] / "classes.txt",
+            fix="write this file (one name a line, or 'index name r g b'), or pass {dataset_args} classes=FILE, "
+                "or {dataset_args} binary=true for 0/255 masks")
 
     def _fingerprint(self) -> dict[str, Any]:
         return {**super()._fingerprint(), "binary": self.binary, "threshold": self.threshold,
@@ -160,7 +162,7 @@ class FolderSegmentation(SegmentationDataset):
 
     def _label_hint(self, values: np.ndarray) -> str:
         if self.binary and self.threshold is None:
-            return " (binary masks hold only 0 and 255: lossy JPEG masks need --dataset-arg threshold=128)"
+            return " (binary masks hold only 0 and 255: lossy JPEG masks need {dataset_args} threshold=128)"
         return ""
 
     def load_mask(self, path: Path) -> np.ndarray:
@@ -177,9 +179,9 @@ class FolderSegmentation(SegmentationDataset):
             return labels
         if not self.colors:
             raise DataError(
-                f"{path}: RGB colour mask but no colour table; fix: write 'index name r g b' lines in classes.txt, "
-                f"--dataset-arg binary=true for black/white masks, or save masks as index PNGs"
-            )
+                f"{path}: RGB colour mask but no colour table", path=path,
+                fix="write 'index name r g b' lines in classes.txt, pass {dataset_args} binary=true for black/white "
+                    "masks, or save masks as index PNGs")
         return _map_colours(np.asarray(im.convert("RGB")), self.colors, path)
 
 
@@ -194,9 +196,8 @@ def _map_colours(rgb: np.ndarray, colors: Mapping[Colour, int], path: Path) -> n
         unknown = np.unique(codes[~known])
         shown = ", ".join(str(((k >> 16) & 255, (k >> 8) & 255, k & 255)) for k in unknown[:5].tolist())
         raise DataError(
-            f"{path}: colours {shown}{', ...' if len(unknown) > 5 else ''} are not in the colour table; fix: "
-            f"add them to classes.txt as 'index name r g b' (index 255 to ignore them), or repaint the mask"
-        )
+            f"{path}: colours {shown}{', ...' if len(unknown) > 5 else ''} are not in the colour table", path=path,
+            fix="add them to classes.txt as 'index name r g b' (index 255 to ignore them), or repaint the mask")
     return values[pos]
 
 
@@ -206,12 +207,12 @@ def _pair_by_stem(image_dir: Path, mask_dir: Path, stems: list[str] | None) -> l
     if stems is not None:
         missing = [s for s in stems if s not in images]
         if missing:
-            raise DataError(f"{image_dir / missing[0]}.*: image listed in the split not found; fix: restore "
-                            f"it or remove {missing[0]!r} from the split file")
+            raise DataError(f"{image_dir / missing[0]}.*: image listed in the split not found", path=image_dir,
+                            fix=f"restore it or remove {missing[0]!r} from the split file")
         images = {s: images[s] for s in stems}
     if not images:
-        raise DataError(f"{image_dir}: no images (empty split); fix: put images "
-                        f"({', '.join(sorted(IMAGE_EXTENSIONS))}) in it")
+        raise DataError(f"{image_dir}: no images (empty split)", path=image_dir,
+                        fix=f"put images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in it")
     # An image without a mask is paired with the mask it should have: validation reports it (or skips it).
     return [(image, masks.get(stem, mask_dir / f"{stem}.png")) for stem, image in sorted(images.items())]
 
@@ -220,12 +221,13 @@ def _holdout(samples: list[tuple[Path, Path]], holdout: float, split: str, root:
     """The ``"train"`` or ``"val"`` part of ``samples``; val holds the ``holdout`` share (or count) whose stems
     hash lowest, so the division does not depend on file order and survives adding images."""
     if not (isinstance(holdout, int | float) and holdout > 0):
-        raise DataError(f"holdout={holdout!r}: expected a share (0 < holdout < 1) or a count of images; fix: "
-                        f"--dataset-arg holdout=0.1")
+        raise ConfigError(f"holdout={holdout!r}: expected a share (0 < holdout < 1) or a count of images",
+                          fix="pass {dataset_args} holdout=0.1")
     n_val = round(holdout * len(samples)) if holdout < 1 else int(holdout)
     if not 1 <= n_val < len(samples):
-        raise DataError(f"{root}: holdout={holdout} leaves {n_val} of {len(samples)} images for val; fix: hold "
-                        f"out at least one image and keep at least one for training")
+        raise ConfigError(f"{root}: holdout={holdout} leaves {n_val} of {len(samples)} images for val", path=root,
+                          fix="pass {dataset_args} holdout to hold out at least one image and keep at least one for "
+                              "training")
     ranked = sorted(samples, key=lambda s: hashlib.sha1(s[0].stem.encode()).hexdigest())
     val = set(ranked[:n_val])
     return [s for s in samples if (s in val) == (split == "val")]
@@ -237,6 +239,6 @@ def _by_stem(folder: Path) -> dict[str, Path]:
         if not is_image_file(p):
             continue
         if p.stem in found:
-            raise DataError(f"{p}: same stem as {found[p.stem]}; fix: keep one file per stem in {folder}")
+            raise DataError(f"{p}: same stem as {found[p.stem]}", fix=f"keep one file per stem in {folder}", path=p)
         found[p.stem] = p
     return found

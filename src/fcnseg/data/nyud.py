@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from ..classes import voc_palette
+from ..errors import ConfigError
 from ..io import read_depth, read_header
 from ..normalization import Normalization, register_normalization
 from .base import (
@@ -83,7 +84,8 @@ def nyud_split_ids(split: str) -> list[str]:
     if split == "trainval":
         return nyud_split_ids("train") + nyud_split_ids("val")
     if split not in _SPLITS:
-        raise ValueError(f"no packaged NYUDv2 split {split!r}; packaged: {', '.join(_SPLITS)}")
+        raise ConfigError(f"no packaged NYUDv2 split {split!r}; packaged: {', '.join(_SPLITS)}",
+                          fix="choose one of them as the split")
     return _packaged(f"nyud_{split}.txt")
 
 
@@ -115,6 +117,7 @@ def decode_log_depth(code: np.ndarray) -> np.ndarray:
     return np.exp(np.asarray(code, dtype=np.float64) / LOG_DEPTH_STEP + LOG_DEPTH_MIN)
 
 
+_RESTORE = "restore the file from the NYUDv2 archive"
 _BGR_MEAN = (116.190, 97.203, 92.318)  # the reference's mean_bgr for NYUDv2 colour images
 _HHA_MEAN = (132.431, 94.076, 118.477)  # the reference's mean_hha
 # On the code: (code - 75 * (7.844 - 5.9)) / 75 = ln(depth_mm) - 7.844, the reference's depth input.
@@ -146,10 +149,12 @@ class NYUDv2(SegmentationDataset):
     def __init__(self, root: str | Path, split: str = "trainval", transforms: Transforms | None = None,
                  modality: str = "rgb"):
         if modality not in NYUD_MODALITIES:
-            raise ValueError(f"unknown NYUDv2 modality {modality!r}; choose one of {', '.join(NYUD_MODALITIES)}")
-        self.root, self.modality = require_dir(Path(root), "NYUDv2 dataset", "pass the reference's data/nyud "
-                                               "folder (with data/images/ and segmentation/)"), modality
-        fix = "pass the NYUDv2 folder of the reference (nyud.tar.gz: data/images, data/depth, data/hha, segmentation)"
+            raise ConfigError(f"unknown NYUDv2 modality {modality!r}; choose one of {', '.join(NYUD_MODALITIES)}",
+                              fix="pass {dataset_args} modality=NAME to one of them")
+        self.root, self.modality = require_dir(Path(root), "NYUDv2 dataset", "pass the reference's data/nyud folder "
+                                               "(with data/images/ and segmentation/) as {data_root}"), modality
+        fix = ("pass the NYUDv2 folder of the reference (nyud.tar.gz: data/images, data/depth, data/hha, "
+               "segmentation) as {data_root}")
         folders = {m: require_dir(self.root / "data" / m, f"NYUDv2 {m}", fix) for m in self._modality_folders()}
         labels = require_dir(self.root / "segmentation", "NYUDv2 segmentation", fix)
         list_file = self.root / f"{split}.txt"
@@ -162,8 +167,8 @@ class NYUDv2(SegmentationDataset):
             have = set(os.listdir(folder))
             for i in ids:
                 if f"img_{i}.png" not in have:
-                    raise DataError(f"{folder / f'img_{i}.png'}: file of id {i!r} listed in {source} not found; "
-                                    f"fix: restore it, or remove the id from the split")
+                    raise DataError(f"{folder / f'img_{i}.png'}: file of id {i!r} listed in {source} not found",
+                                    fix="restore it, or remove the id from the split", path=folder / f"img_{i}.png")
         primary = folders["hha" if modality == "hha" else "images"]
         samples = [(primary / f"img_{i}.png", labels / f"img_{i}.mat") for i in ids]
         super().__init__(samples, NYUD_CLASSES, voc_palette(len(NYUD_CLASSES) + 1)[1:], transforms)
@@ -191,7 +196,7 @@ class NYUDv2(SegmentationDataset):
                 part = read_image(extra, max_pixels=self.max_pixels)
             if part.shape[1:] != image.shape[1:]:
                 raise DataError(f"{extra}: is {part.shape[2]}x{part.shape[1]} (WxH) but its colour image {path} is "
-                                f"{image.shape[2]}x{image.shape[1]}; fix: restore the file from the NYUDv2 archive")
+                                f"{image.shape[2]}x{image.shape[1]}", fix=_RESTORE, path=extra)
             parts.append(part)
         return torch.cat(parts) if len(parts) > 1 else image
 
@@ -206,7 +211,7 @@ class NYUDv2(SegmentationDataset):
                 other = read_header(extra, max_pixels=self.max_pixels).size
                 if other != size:
                     raise DataError(f"{extra}: is {other[0]}x{other[1]} (WxH) but its colour image {image_path} is "
-                                    f"{size[0]}x{size[1]}; fix: restore the file from the NYUDv2 archive")
+                                    f"{size[0]}x{size[1]}", fix=_RESTORE, path=extra)
         except DataError as e:
             return "bad", str(with_skip_hint(e))
         return verdict
@@ -220,7 +225,7 @@ class NYUDv2(SegmentationDataset):
     def load_mask(self, path: Path) -> np.ndarray:
         """Labels (H, W): the ``.mat``'s ``segmentation`` minus 1, void (0) as 255."""
         raw = read_mat_labels(path, "segmentation", "NYUDv2 labels", "use the reference's NYUDv2 segmentation/ "
-                              "files (40-class labels of Gupta et al.), or pass --skip-bad to skip it")
+                              "files (40-class labels of Gupta et al.), or pass {skip_bad} to skip it")
         labels = raw - 1
         labels[raw == 0] = self.ignore_index  # void
         return labels

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..classes import voc_palette
+from ..errors import ConfigError
 from .base import DataError, SegmentationDataset, Transforms, read_ids, read_mat_labels, require_dir
 from .voc import _pair_ids, _voc_year_dir
 
@@ -53,6 +54,9 @@ _SAME_CLASS = {"diningtable": "table", "bedcloth": "bedclothes", "clothes": "clo
 BACKGROUND_POLICIES = ("class", "ignore")
 
 
+_VOC_FIX = "pass {dataset_args} voc_root=/path/to/VOC2010 (PASCAL-Context labels VOC2010's images)"
+
+
 def context_label_table(background: str = "class") -> np.ndarray:
     """Lookup table (460,) int64 from ``LabelMap`` numbers (0 = unlabelled, 1..459) to training labels.
 
@@ -60,7 +64,8 @@ def context_label_table(background: str = "class") -> np.ndarray:
     everything else 255.
     """
     if background not in BACKGROUND_POLICIES:
-        raise ValueError(f"background must be one of {', '.join(BACKGROUND_POLICIES)}, not {background!r}")
+        raise ConfigError(f"background must be one of {', '.join(BACKGROUND_POLICIES)}, not {background!r}",
+                          fix="pass {dataset_args} background=class or background=ignore")
     by_name = {name.replace(" ", ""): n for n, name in PASCAL_CONTEXT_459.items()}
     offset, other = (0, 0) if background == "class" else (-1, 255)
     table = np.full(max(PASCAL_CONTEXT_459) + 1, other, dtype=np.int64)
@@ -85,11 +90,13 @@ class PascalContext(SegmentationDataset):
                  voc_root: str | None = None, background: str = "class"):
         self.table = context_label_table(background)
         self.background = background
-        self.root = require_dir(Path(root), "PASCAL-Context", "pass the PASCAL-Context folder (with trainval/)")
-        labels = require_dir(self.root / "trainval", "PASCAL-Context trainval", "pass the PASCAL-Context folder "
-                             "with the trainval/ .mat files (trainval.tar.gz)")
+        self.root = require_dir(Path(root), "PASCAL-Context",
+                                "pass the PASCAL-Context folder (with trainval/) as {data_root}")
+        labels = require_dir(self.root / "trainval", "PASCAL-Context trainval", "pass the PASCAL-Context "
+                             "folder with the trainval/ .mat files (trainval.tar.gz) as {data_root}")
         self.voc = self._find_voc(voc_root)
-        images = require_dir(self.voc / "JPEGImages", "VOC2010 JPEGImages", "pass a complete VOC2010 folder")
+        images = require_dir(self.voc / "JPEGImages", "VOC2010 JPEGImages",
+                             "pass {dataset_args} voc_root=DIR to a complete VOC2010 folder")
         own = self.root / f"{split}.txt"
         split_file = own if own.is_file() else self.voc / "ImageSets" / "Main" / f"{split}.txt"
         ids = read_ids(split_file, f"choose split train or val, or write {own}")
@@ -100,15 +107,18 @@ class PascalContext(SegmentationDataset):
 
     def _find_voc(self, voc_root: str | None) -> Path:
         if voc_root:
-            return _voc_year_dir(Path(voc_root), "2010")
+            try:
+                return _voc_year_dir(Path(voc_root), "2010")
+            except DataError as e:  # the folder came from voc_root, not from data_root
+                raise DataError(e.what, fix=_VOC_FIX, path=voc_root) from e
         tried = [self.root, self.root.parent, self.root.parent / "pascal"]
         for d in tried:
             try:
                 return _voc_year_dir(d, "2010")
             except DataError:
                 continue
-        raise DataError(f"{self.root}: no VOC2010 folder found in {', '.join(map(str, tried))}; fix: pass "
-                        f"--dataset-arg voc_root=/path/to/VOC2010 (PASCAL-Context labels VOC2010's images)")
+        raise DataError(f"{self.root}: no VOC2010 folder found in {', '.join(map(str, tried))}", fix=_VOC_FIX,
+                        path=self.root)
 
     def _fingerprint(self) -> dict[str, object]:
         return {**super()._fingerprint(), "background": self.background}
@@ -119,10 +129,10 @@ class PascalContext(SegmentationDataset):
     def load_mask(self, path: Path) -> np.ndarray:
         """Labels (H, W) of the task from the full ``LabelMap`` (see :func:`context_label_table`)."""
         raw = read_mat_labels(path, "LabelMap", "PASCAL-Context labels", "use PASCAL-Context's trainval/ "
-                              "annotation files (re-extract trainval.tar.gz), or pass --skip-bad to skip it")
+                              "annotation files (re-extract trainval.tar.gz), or pass {skip_bad} to skip it")
         bad = (raw < 0) | (raw >= len(self.table))
         if bad.any():
             values = ", ".join(str(v) for v in np.unique(raw[bad])[:8])
-            raise DataError(f"{path}: 'LabelMap' values {values} are not PASCAL-Context class numbers (0..459); fix: "
-                            f"re-extract the file from trainval.tar.gz, or pass --skip-bad to skip it")
+            raise DataError(f"{path}: 'LabelMap' values {values} are not PASCAL-Context class numbers (0..459)",
+                            fix="re-extract the file from trainval.tar.gz, or pass {skip_bad} to skip it", path=path)
         return self.table[raw]

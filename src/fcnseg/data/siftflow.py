@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..classes import voc_palette
-from ..io import DataError
+from ..errors import ConfigError, DataError
 from ..normalization import Normalization, register_normalization
 from .base import IGNORE_INDEX, SegmentationDataset, Transforms, read_ids, read_mat_labels, require_dir
 
@@ -59,7 +59,8 @@ _GEO_PALETTE = [(70, 130, 180), (128, 64, 128), (220, 180, 40)]  # sky blue, gro
 def siftflow_ids(split: str) -> list[str]:
     """The reference's SIFT Flow ids of ``split`` (``"trainval"``: 2,486, ``"test"``: 200), from the package."""
     if split not in _SHIPPED_SPLITS:
-        raise ValueError(f"SIFT Flow ships splits {', '.join(_SHIPPED_SPLITS)}, not {split!r}")
+        raise ConfigError(f"SIFT Flow ships splits {', '.join(_SHIPPED_SPLITS)}, not {split!r}",
+                          fix="choose one of them as the split")
     text = resources.files("fcnseg.data").joinpath(f"splits/siftflow_{split}.txt").read_text()
     return [line.strip() for line in text.splitlines() if line.strip()]
 
@@ -78,14 +79,14 @@ class SIFTFlow(SegmentationDataset):
     """
 
     def __init__(self, root: str | Path, split: str = "trainval", transforms: Transforms | None = None):
-        self.root = require_dir(Path(root), "SIFT Flow dataset", "pass the SIFT Flow folder (with Images/, "
-                                "SemanticLabels/, GeoLabels/)")
-        fix = f"pass the SIFT Flow folder with {{}}/{_SUBDIR}/ in it"
-        images = require_dir(self.root / "Images" / _SUBDIR, "SIFT Flow images", fix.format("Images"))
+        self.root = require_dir(Path(root), "SIFT Flow dataset", "pass the SIFT Flow folder (with "
+                                "Images/, SemanticLabels/, GeoLabels/) as {data_root}")
+        fix = "pass the SIFT Flow folder with %s/" + _SUBDIR + "/ in it as {data_root}"
+        images = require_dir(self.root / "Images" / _SUBDIR, "SIFT Flow images", fix % "Images")
         sem = require_dir(self.root / "SemanticLabels" / _SUBDIR, "SIFT Flow semantic labels",
-                          fix.format("SemanticLabels"))
+                          fix % "SemanticLabels")
         self.geo_dir = require_dir(self.root / "GeoLabels" / _SUBDIR, "SIFT Flow geometric labels",
-                                   fix.format("GeoLabels"))
+                                   fix % "GeoLabels")
         split_file = self.root / f"{split}.txt"
         if split_file.is_file() or split not in _SHIPPED_SPLITS:
             ids = read_ids(split_file, f"use split {' or '.join(_SHIPPED_SPLITS)} (shipped), or write {split_file}")
@@ -96,8 +97,8 @@ class SIFTFlow(SegmentationDataset):
         for i in ids:
             image = images / f"{i}.jpg"
             if not image.is_file():
-                raise DataError(f"{image}: image of id {i!r} listed in {source} not found; fix: restore the file "
-                                f"or remove the id from the split")
+                raise DataError(f"{image}: image of id {i!r} listed in {source} not found", path=image,
+                                fix="restore the file or remove the id from the split")
             samples.append((image, sem / f"{i}.mat"))
         self.tasks = {"sem": (SIFTFLOW_CLASSES, voc_palette(len(SIFTFLOW_CLASSES) + 1)[1:]),
                       "geo": (SIFTFLOW_GEO_CLASSES, _GEO_PALETTE)}
@@ -120,8 +121,8 @@ class SIFTFlow(SegmentationDataset):
         geo = _read_labels(geo_path, "geometric", len(SIFTFLOW_GEO_CLASSES), void=(-1, 0))
         if sem.shape != geo.shape:
             raise DataError(f"{geo_path}: geometric labels are {geo.shape[1]}x{geo.shape[0]} (WxH) but the semantic "
-                            f"ones {path} are {sem.shape[1]}x{sem.shape[0]}; fix: re-extract both from the SIFT "
-                            f"Flow archive")
+                            f"ones {path} are {sem.shape[1]}x{sem.shape[0]}", path=geo_path,
+                            fix="re-extract both from the SIFT Flow archive")
         return np.stack([sem, geo])
 
     def _check_labels(self, labels: np.ndarray, mask_path: Path) -> None:
@@ -135,12 +136,14 @@ def _read_labels(path: Path, what: str, num_classes: int, void: tuple[int, ...])
     """Variable ``S`` of a SIFT Flow label file as int64 labels: value ``v`` becomes class ``v - 1``, the
     ``void`` values the ignore label 255 (the reference's shift, which wraps 0 to 255 in uint8)."""
     if not path.is_file():
-        raise DataError(f"{path}: {what} label file not found; fix: restore it from the SIFT Flow archive")
+        raise DataError(f"{path}: {what} label file not found", fix="restore it from the SIFT Flow archive",
+                        path=path)
     raw = read_mat_labels(path, "S", f"the {what} labels", "re-extract the file from the SIFT Flow archive")
     is_void = np.isin(raw, void)
     bad = ~is_void & ((raw < 1) | (raw > num_classes))
     if bad.any():
         values = ", ".join(str(v) for v in np.unique(raw[bad])[:8])
         raise DataError(f"{path}: {what} label values {values} are neither a class (1..{num_classes}) nor void "
-                        f"({' or '.join(map(str, void))}); fix: re-extract the file from the SIFT Flow archive")
+                        f"({' or '.join(map(str, void))})", fix="re-extract the file from the SIFT Flow archive",
+                        path=path)
     return np.where(is_void, IGNORE_INDEX, raw - 1)

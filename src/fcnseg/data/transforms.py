@@ -21,6 +21,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from ..errors import ConfigError
 from .base import IGNORE_INDEX
 
 __all__ = ["RandomScale", "train_transforms", "eval_transforms", "pad_collate"]
@@ -35,7 +36,8 @@ class RandomScale(v2.Transform):
     def __init__(self, scale_range: tuple[float, float] = (0.5, 2.0)):
         super().__init__()
         if not 0 < scale_range[0] <= scale_range[1]:
-            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
+            raise ConfigError(f"scale_range must satisfy 0 < low <= high, got {scale_range}",
+                              fix="choose 0 < {scale_min} <= {scale_max}")
         self.scale_range = scale_range
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:

@@ -49,9 +49,10 @@ class VOCSegmentation(SegmentationDataset):
         year: str | None = None,
     ):
         self.root = _voc_year_dir(Path(root), year)
-        images = require_dir(self.root / "JPEGImages", "VOC JPEGImages", "pass a complete VOC year folder")
+        images = require_dir(self.root / "JPEGImages", "VOC JPEGImages",
+                             "pass a complete VOC year folder as {data_root}")
         masks = require_dir(self.root / "SegmentationClass", "VOC SegmentationClass",
-                            "pass a VOC year folder with segmentations")
+                            "pass a VOC year folder with segmentations as {data_root}")
         if split == "seg11valid":
             ids = seg11valid_ids()
             source = "the paper's seg11valid split (VOC2011 val)"
@@ -80,25 +81,25 @@ class SBDSegmentation(SegmentationDataset):
     """
 
     def __init__(self, root: str | Path, split: str = "train", transforms: Transforms | None = None):
-        root = require_dir(Path(root), "SBD dataset", "pass the SBD benchmark_RELEASE/dataset folder")
+        root = require_dir(Path(root), "SBD dataset", "pass the SBD benchmark_RELEASE/dataset folder as {data_root}")
         candidates = (root, root / "dataset", root / "benchmark_RELEASE" / "dataset")
         found = [d for d in candidates if (d / "cls").is_dir()]
         if not found:
             raise DataError(
-                f"{root}: no SBD cls/ folder in it, in dataset/ or in benchmark_RELEASE/dataset/; fix: pass "
-                f"the SBD benchmark_RELEASE/dataset folder (with img/, cls/, train.txt, val.txt)"
-            )
+                f"{root}: no SBD cls/ folder in it, in dataset/ or in benchmark_RELEASE/dataset/", path=root,
+                fix="pass the SBD benchmark_RELEASE/dataset folder (with img/, cls/, train.txt, val.txt) as "
+                    "{data_root}")
         self.root = found[0]
-        images = require_dir(self.root / "img", "SBD img", "pass a complete SBD dataset folder")
-        fix = "use split 'train', 'val' or 'train_noval', or pass a complete SBD dataset folder"
+        images = require_dir(self.root / "img", "SBD img", "pass a complete SBD dataset folder as {data_root}")
+        fix = "use split 'train', 'val' or 'train_noval', or pass a complete SBD dataset folder as {data_root}"
         split_file = self.root / f"{'train' if split == 'train_noval' else split}.txt"
         ids = read_ids(split_file, fix)
         if split == "train_noval":
             held_out = set(seg11valid_ids())
             ids = [i for i in ids if i not in held_out]
             if not ids:
-                raise DataError(f"{split_file}: no ids left after removing seg11valid (empty split); fix: "
-                                f"pass the complete SBD train.txt")
+                raise DataError(f"{split_file}: no ids left after removing seg11valid (empty split)",
+                                fix="restore the complete SBD train.txt", path=split_file)
         samples = _pair_ids(ids, images, ".jpg", self.root / "cls", ".mat", str(split_file))
         super().__init__(samples, VOC_CLASSES, voc_palette(len(VOC_CLASSES)), transforms)
 
@@ -110,20 +111,18 @@ class SBDSegmentation(SegmentationDataset):
             labels = loadmat(path, simplify_cells=True)["GTcls"]["Segmentation"]
         except Exception as e:  # scipy raises many types on corrupt files: ValueError, OSError, zlib.error...
             raise DataError(
-                f"{path}: cannot read SBD label struct GTcls.Segmentation ({type(e).__name__}: {e}); fix: "
-                f"re-extract the file from the SBD archive, or pass --skip-bad to skip it"
-            ) from e
+                f"{path}: cannot read SBD label struct GTcls.Segmentation ({type(e).__name__}: {e})", path=path,
+                fix="re-extract the file from the SBD archive, or pass {skip_bad} to skip it") from e
         labels = np.asarray(labels)
         if labels.ndim != 2 or labels.dtype.kind not in "iu":
             raise DataError(
                 f"{path}: GTcls.Segmentation is {labels.dtype} of shape {labels.shape}, expected 2-D integer "
-                f"labels; fix: re-extract the file from the SBD archive"
-            )
+                f"labels", fix="re-extract the file from the SBD archive", path=path)
         return labels.astype(np.int64)
 
 
 def _voc_year_dir(root: Path, year: str | None) -> Path:
-    require_dir(root, "VOC dataset", "pass the VOC2011/VOC2012 folder (or the VOCdevkit holding it)")
+    require_dir(root, "VOC dataset", "pass the VOC2011/VOC2012 folder (or the VOCdevkit holding it) as {data_root}")
     if (root / "JPEGImages").is_dir() and (year is None or root.name == f"VOC{year}"):
         return root
     years = sorted(
@@ -134,8 +133,8 @@ def _voc_year_dir(root: Path, year: str | None) -> Path:
     if not years:
         raise DataError(
             f"{root}: no VOC year folder{f' VOC{year}' if year else ''} with JPEGImages/ in it or in "
-            f"VOCdevkit/; fix: pass the VOC2011/VOC2012 folder (or the VOCdevkit holding it)"
-        )
+            f"VOCdevkit/", path=root,
+            fix="pass the VOC2011/VOC2012 folder (or the VOCdevkit holding it) as {data_root}")
     return max(years, key=lambda d: d.name)  # the newest year
 
 
@@ -149,7 +148,7 @@ def _pair_ids(
     for i in ids:
         image, mask = images / f"{i}{image_ext}", masks / f"{i}{mask_ext}"
         if image.name not in have_images:
-            raise DataError(f"{image}: image of id {i!r} listed in {source} not found; fix: restore the "
-                            f"file or remove the id from the split")
+            raise DataError(f"{image}: image of id {i!r} listed in {source} not found", path=image,
+                            fix="restore the file or remove the id from the split")
         samples.append((image, mask))
     return samples

@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import ConfigError
 from .fcn import FCN, BilinearUpsample, bilinear_kernel, head_labels, joined_logits, task_heads
 from .geometry import CoordMap, coord_map, crop_offset
 from .vgg import AlexNetTrunk, VGG16Trunk, convolutionalize_vgg16, widen_input_filters
@@ -45,14 +46,16 @@ def build(name: str, **kwargs: Any) -> nn.Module:
     """Build the model registered as ``name``; ``kwargs`` go to its factory (e.g. ``num_classes=21``)."""
     _load_backbones()
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}",
+                          fix="choose one of them for {model}")
     factory = _REGISTRY[name]
     params = inspect.signature(factory).parameters
     unknown = sorted(k for k in kwargs if k not in params)
     if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        raise ValueError(f"model {name!r} takes no argument {', '.join(map(repr, unknown))}; it takes: "
-                         f"{', '.join(params)}" + (" (ImageNet weights: the *_efficientnet_lite* models, or "
-                                                    "`fcnseg convert` for VGG16)" if "pretrained" in unknown else ""))
+        weights = " (ImageNet weights: the *_efficientnet_lite* models, or fcnseg convert for VGG16)"
+        raise ConfigError(f"model {name!r} takes no argument {', '.join(map(repr, unknown))}; it takes: "
+                          f"{', '.join(params)}", fix="remove it from {model_args}, or choose another {model}"
+                          + (weights if "pretrained" in unknown else ""))
     return factory(**kwargs)
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..errors import ConfigError
 from .geometry import CoordMap, crop_offset, layer_map
 from .vgg import widen_input_filters
 
@@ -85,7 +86,8 @@ def _upsample_for(channels: int, factor: int, source: CoordMap, target: CoordMap
         shift = source.then(layer_map(up)).shift - target.shift
         if shift.denominator == 1:
             return up
-    raise ValueError(f"no bilinear kernel for factor {factor} aligns {source} with {target} on whole pixels")
+    raise ConfigError(f"no bilinear kernel for factor {factor} aligns {source} with {target} on whole pixels",
+                      fix="choose another {model} (its encoder's maps do not align)")
 
 
 def _crop(x: Tensor, offset: int, like: Tensor) -> Tensor:
@@ -123,11 +125,13 @@ class FCN(nn.Module):
     ):
         super().__init__()
         if stride not in (32, 16, 8):
-            raise ValueError(f"stride must be 32, 16 or 8, not {stride}")
+            raise ConfigError(f"stride must be 32, 16 or 8, not {stride}",
+                              fix="choose fcn32s, fcn16s or fcn8s as {model}")
         self.heads: dict[str, int] | None = dict(num_classes) if isinstance(num_classes, Mapping) else None
         classes = self.heads or {"": num_classes}
         if not classes or any(not isinstance(k, int) or k < 1 for k in classes.values()):
-            raise ValueError(f"num_classes must be positive, not {num_classes}")
+            raise ConfigError(f"num_classes must be positive, not {num_classes}",
+                              fix="give the dataset at least one class, or pass {model_args} num_classes=N")
         self.encoder = encoder
         self.num_classes, self.fcn_stride, self.skip_scales = num_classes, stride, skip_scales
         self.final_name = {32: "upscore", 16: "upscore16", 8: "upscore8"}[stride]

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from . import fcn16s, fcn32s, register
 from .fcn import FCN
 from .vgg import widen_input_filters
@@ -41,7 +42,7 @@ class LateFusion(nn.Module):
     def __init__(self, branches: Mapping[str, tuple[nn.Module, int]]):
         super().__init__()
         if len(branches) < 2:
-            raise ValueError("late fusion needs at least two branches")
+            raise ConfigError("late fusion needs at least two branches", fix="choose a single-stream {model}")
         self.groups: list[tuple[str, int, int]] = []  # (name, first channel, last channel + 1)
         start = 0
         for name, (net, channels) in branches.items():
@@ -57,8 +58,9 @@ class LateFusion(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[1] != self.in_channels:
-            raise ValueError(f"late fusion of {', '.join(n for n, _, _ in self.groups)} takes {self.in_channels} "
-                             f"channels, got {x.shape[1]}")
+            raise ConfigError(f"late fusion of {', '.join(n for n, _, _ in self.groups)} takes {self.in_channels} "
+                              f"channels, got {x.shape[1]}",
+                              fix="choose the input modality ({dataset_args} modality) that the {model} takes")
         logits = [getattr(self, name)(x[:, a:b]) for name, a, b in self.groups]  # each (N, K, H, W)
         return torch.stack(logits).mean(0)
 

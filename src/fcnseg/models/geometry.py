@@ -15,6 +15,8 @@ from fractions import Fraction
 
 from torch import nn
 
+from ..errors import ConfigError
+
 __all__ = ["CoordMap", "coord_map", "crop_offset"]
 
 
@@ -59,6 +61,9 @@ def coord_map(layers: Iterable[nn.Module]) -> CoordMap:
     return m
 
 
+_GEOMETRY_FIX = "choose another {model}: its encoder's feature maps do not align with the input"
+
+
 def crop_offset(source: CoordMap, reference: CoordMap) -> int:
     """Offset at which to crop the map reached by ``source`` so that it aligns with the one reached by ``reference``.
 
@@ -67,8 +72,10 @@ def crop_offset(source: CoordMap, reference: CoordMap) -> int:
     """
     rel = source.inverse().then(reference)  # source coords -> reference coords
     if rel.scale != 1:
-        raise ValueError(f"cannot crop: maps have different scales ({source.scale} vs {reference.scale})")
+        raise ConfigError(f"cannot crop: maps have different scales ({source.scale} vs {reference.scale})",
+                          fix=_GEOMETRY_FIX)
     offset = -rel.shift
     if offset.denominator != 1 or offset < 0:
-        raise ValueError(f"cannot crop: alignment offset {offset} is not a non-negative whole number of pixels")
+        raise ConfigError(f"cannot crop: alignment offset {offset} is not a non-negative whole number of pixels",
+                          fix=_GEOMETRY_FIX)
     return int(offset)

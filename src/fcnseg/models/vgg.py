@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..errors import ConfigError, ConvertError
 from .geometry import CoordMap, coord_map
 
 __all__ = ["VGG16Trunk", "AlexNetTrunk", "convolutionalize_vgg16", "widen_input_filters", "TORCHVISION_VGG16_CONVS"]
@@ -157,7 +158,8 @@ def convolutionalize_vgg16(state_dict: Mapping[str, Tensor], *, keep_fc8: bool =
         for p in ("weight", "bias"):
             key = f"features.{idx}.{p}"
             if key not in state_dict:
-                raise KeyError(f"torchvision VGG16 weights lack {key!r}: is this a vgg16 state dict?")
+                raise ConvertError(f"torchvision VGG16 weights lack {key!r}: is this a vgg16 state dict?",
+                                   fix="convert torchvision's plain vgg16 weights (vgg16-397923af.pth)")
             out[f"{name}.{p}"] = state_dict[key]
     fcs = {"fc6": ("classifier.0", 7), "fc7": ("classifier.3", 1)}
     if keep_fc8:
@@ -167,7 +169,8 @@ def convolutionalize_vgg16(state_dict: Mapping[str, Tensor], *, keep_fc8: bool =
         w = state_dict[f"{src}.weight"]  # (out, in) of the fully connected layer
         c_in = w.shape[1] // (k * k)
         if name == "fc6" and c_in != c_prev:
-            raise ValueError(f"{src}.weight has {w.shape[1]} inputs; expected {c_prev}*7*7")
+            raise ConvertError(f"{src}.weight has {w.shape[1]} inputs; expected {c_prev}*7*7",
+                               fix="convert torchvision's plain vgg16 weights (vgg16-397923af.pth)")
         # torchvision flattens (C, 7, 7) row-major, the same order a 7x7 convolution's kernel uses.
         out[f"{name}.weight"] = w.reshape(w.shape[0], c_in, k, k)
         out[f"{name}.bias"] = state_dict[f"{src}.bias"]
@@ -182,8 +185,10 @@ def widen_input_filters(weight: Tensor, in_channels: int) -> Tensor:
     colour channels, so that depth starts as a grey image would; every extra channel gets that mean here.
     """
     if weight.ndim != 4 or weight.shape[1] != 3:
-        raise ValueError(f"expected RGB filters (O, 3, k, k), got {tuple(weight.shape)}")
+        raise ConvertError(f"expected RGB filters (O, 3, k, k), got {tuple(weight.shape)}",
+                           fix="start from weights trained on RGB input")
     if in_channels < 3:
-        raise ValueError(f"cannot widen RGB filters to {in_channels} input channels")
+        raise ConfigError(f"cannot widen RGB filters to {in_channels} input channels",
+                          fix="choose a {model} (or {dataset_args} modality) with 3 or more input channels")
     mean = weight.mean(dim=1, keepdim=True)  # (O, 1, k, k)
     return torch.cat([weight, mean.expand(-1, in_channels - 3, -1, -1)], dim=1)
