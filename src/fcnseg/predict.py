@@ -188,13 +188,14 @@ class Predictor:
         one through the tiled path, so a batch of large photos stays within memory too."""
         if images.shape[-2] * images.shape[-1] > self.tile_pixels:
             return np.stack([self(image) for image in images])
-        return self._guard(lambda: self.scorer.labels(images).to(torch.uint8).cpu().numpy(), images.shape)
+        return self._guard(lambda: head_labels(self.scores(images), self.heads).to(torch.uint8).cpu().numpy(),
+                           images.shape)
 
     def __call__(self, image: torch.Tensor, name: str = "image") -> np.ndarray:
         _, h, w = image.shape
         if h * w <= self.tile_pixels:
-            return self._guard(lambda: self.scorer.labels(image[None])[0].to(torch.uint8).cpu().numpy(),
-                               image.shape, name)
+            return self._guard(lambda: head_labels(self.scores(image[None]), self.heads)[0].to(torch.uint8).cpu()
+                               .numpy(), image.shape, name)
         return self._guard(lambda: predict_labels_tiled(lambda r: self.scores(r[None])[0], image,
                                                         self.tile_pixels, self.heads), image.shape, name)
 
