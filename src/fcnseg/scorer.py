@@ -136,8 +136,8 @@ class ScorerSpec:
                                             ("scales", tuple(self.scales) != (1.0,)),
                                             ("precision", self.precision == "bf16")) if on]
         if torch_only:
-            raise ConfigError("engine onnxruntime runs the ONNX file as exported: its own precision (int8 with "
-                              "`fcnseg export --int8`), no test-time augmentation",
+            raise ConfigError("engine onnxruntime runs the ONNX file as exported: its own precision (fp32, or int8 "
+                              "from `fcnseg export`), no test-time augmentation",
                               fix=" and ".join(f"{{{name}}}" for name in torch_only) + " are for {engine} torch: "
                                   "leave them out or set {engine} to torch")
         if not self.onnx_file:
