@@ -6,10 +6,13 @@ from __future__ import annotations
 from ..errors import FcnsegError, python_spelling
 
 
-class ApiError(Exception):
-    """A refusal to send to the client: ``status``, a one-line ``message`` naming the problem, extra headers."""
+class ApiError(FcnsegError):
+    """A refusal to send to the client: ``status``, a one-line ``message`` naming the problem, extra headers.
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+    In the family (one root for every error fcnseg raises on purpose), with no fix: the message is the answer.
+    """
+
+    def __init__(self, status: int = 500, message: str = "", headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers or {}
 
