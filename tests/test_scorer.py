@@ -82,6 +82,8 @@ REFUSALS = [  # settings, error, the one line in Python's spelling
     ({"engine": "tensorrt"}, ConfigError, "unknown engine 'tensorrt'; fix: set `engine` to torch or onnxruntime"),
     ({"precision": "fp16"}, ConfigError, "unknown precision 'fp16'; fix: set `precision` to auto, fp32 or bf16"),
     ({"window": -5}, ConfigError, "window -5 is negative; fix: set `window` to 0 (whole images) or a side"),
+    ({"scales": (0.5, 0.0)}, ConfigError, "scales (0.5, 0.0) must be positive factors; fix: set `scales` to resize "
+     "factors such as 0.75,1,1.25 (1 alone: off)"),
     ({"onnx_file": ONNX}, ConfigError, f"ONNX file {ONNX} given to engine torch, which runs the checkpoint; "
      "fix: set `engine` to onnxruntime to run it, or leave `onnx_file` out"),
     ({"engine": "onnxruntime"}, ConfigError, "engine onnxruntime needs an ONNX file (made by `fcnseg export`); "

@@ -167,7 +167,7 @@ class Predictor:
     :meth:`labels_batch` takes same-size images (N, 3, H, W). A multi-task model's labels are stacked by task,
     in the order of :attr:`heads`: (T, H, W) and (N, T, H, W). Images over ``tile_pixels`` are predicted in
     tiles (:func:`predict_labels_tiled`); out of memory becomes a :class:`PredictionError` naming the option.
-    ``scorer`` may also be a checkpoint (file or loaded), scored by PyTorch in fp32/auto on ``device``.
+    ``scorer`` may also be a checkpoint (file or loaded): then PyTorch scores it (precision auto) on ``device``.
     Raises :class:`~fcnseg.errors.CheckpointError` for a model of more than 256 classes (labels are uint8).
     """
 

@@ -68,7 +68,7 @@ class Scorer:
     checkpoint: Checkpoint
     engine: str
     device: torch.device  # where images are normalised and scores returned
-    precision: str  # what runs: fp32 or bf16 (torch); fp32 for ONNX Runtime (the file fixes its own arithmetic)
+    precision: str  # what runs: fp32 or bf16 (torch, resolved); "as exported" for ONNX Runtime (fp32 or int8)
     run: Callable[[Tensor], Tensor]  # the model input (N, C, H, W) on `device` -> float32 scores (N, K, H, W)
 
     @property
@@ -121,6 +121,9 @@ class ScorerSpec:
             raise ConfigError(f"unknown precision {self.precision!r}", fix="set {precision} to auto, fp32 or bf16")
         if self.window < 0:
             raise ConfigError(f"window {self.window} is negative", fix="set {window} to 0 (whole images) or a side")
+        if not self.scales or min(self.scales) <= 0:
+            raise ConfigError(f"scales {tuple(self.scales)} must be positive factors",
+                              fix="set {scales} to resize factors such as 0.75,1,1.25 (1 alone: off)")
         if self.single_task_for:
             require_single_task(self.checkpoint, self.single_task_for)
         if self.engine == "torch":
@@ -151,7 +154,7 @@ class ScorerSpec:
     def build(self) -> Scorer:
         """Load the model (seconds): the checkpoint's network on :attr:`device`, or an ONNX Runtime session."""
         if self.engine == "onnxruntime":
-            return Scorer(self.checkpoint, self.engine, torch.device("cpu"), "fp32", _onnx_runner(self))
+            return Scorer(self.checkpoint, self.engine, torch.device("cpu"), "as exported", _onnx_runner(self))
         dev = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         precision = resolve_precision(self.precision, dev)  # warns where bf16 is emulated
         if self.threads > 0:
