@@ -462,3 +462,13 @@ def test_onnxruntime_engine_and_bad_engine_settings(tiny_ckpt, tmp_path, val_ima
         assert "\n" not in str(refused.value) and " --" not in str(refused.value)  # one line, no flag spelling
     with pytest.raises(ValueError, match="not an fcnseg checkpoint|could not be read"):
         create_app(ServeConfig(checkpoint=str(onnx_file)))
+
+
+def test_a_missing_serve_extra_is_one_line_naming_it(tiny_ckpt, monkeypatch, capsys):
+    from fcnseg.cli import main
+
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as after `pip install fcnseg` without the extra
+    monkeypatch.delitem(sys.modules, "fcnseg.serve.app")  # imported afresh by the command
+    assert main(["serve", "--checkpoint", str(tiny_ckpt)]) == 2
+    assert capsys.readouterr().err.strip() == ("fcnseg serve: error: fcnseg serve needs fastapi, which is not "
+                                               "installed; fix: pip install 'fcnseg[serve]'")

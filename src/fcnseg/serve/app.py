@@ -16,17 +16,23 @@ from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
 
-from fastapi import APIRouter, FastAPI, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
-
+from ..errors import optional_import
 from .config import CONFIG_ENV, ServeConfig
-from .errors import ApiError
-from .metrics import CONTENT_TYPE_LATEST
-from .middleware import BodyLimit, RequestMetrics
-from .service import Service, check_image_type, choose_format
+
+try:
+    from fastapi import APIRouter, FastAPI, Query, Request
+    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi.staticfiles import StaticFiles
+    from starlette.datastructures import UploadFile
+    from starlette.exceptions import HTTPException
+
+    from .errors import ApiError
+    from .metrics import CONTENT_TYPE_LATEST
+    from .middleware import BodyLimit, RequestMetrics
+    from .service import Service, check_image_type, choose_format
+except ModuleNotFoundError as e:  # the `serve` extra is missing: one line naming it, not a traceback
+    optional_import(e.name or "fastapi", needed_for="fcnseg serve")
+    raise
 
 __all__ = ["create_app", "app_from_env"]
 
