@@ -1,8 +1,10 @@
 """The HTTP routes (thin): ``POST /v1/segment``, ``GET /v1/model``, ``/healthz``, ``/metrics`` and the page.
 
 Every refusal is ``{"error": "<one line>"}`` with its status: 400 malformed request, 413 body over
-``--max-bytes``, 415 not an image type, 422 bytes that are no readable image or over ``--max-pixels``,
-503 warming up or queue full (``Retry-After``), 504 past ``--timeout``.
+``max_bytes``, 415 not an image type, 422 bytes that are no readable image or over ``max_pixels``,
+503 warming up or queue full (``Retry-After``), 504 past ``timeout_s`` (:class:`~fcnseg.serve.config.ServeConfig`).
+The line names what was wrong with the request and never a server option: a client cannot set those
+(:func:`fcnseg.serve.errors.client_message`).
 """
 
 from __future__ import annotations
@@ -14,17 +16,23 @@ from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
 
-from fastapi import APIRouter, FastAPI, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
-
+from ..errors import optional_import
 from .config import CONFIG_ENV, ServeConfig
-from .errors import ApiError
-from .metrics import CONTENT_TYPE_LATEST
-from .middleware import BodyLimit, RequestMetrics
-from .service import Service, check_image_type, choose_format
+
+try:
+    from fastapi import APIRouter, FastAPI, Query, Request
+    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi.staticfiles import StaticFiles
+    from starlette.datastructures import UploadFile
+    from starlette.exceptions import HTTPException
+
+    from .errors import ApiError
+    from .metrics import CONTENT_TYPE_LATEST
+    from .middleware import BodyLimit, RequestMetrics
+    from .service import Service, check_image_type, choose_format
+except ModuleNotFoundError as e:  # the `serve` extra is missing: one line naming it, not a traceback
+    optional_import(e.name or "fastapi", needed_for="fcnseg serve")
+    raise
 
 __all__ = ["create_app", "app_from_env"]
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..errors import ConfigError, DataError, FcnsegError
 from .model import Labeler
 
 __all__ = ["Batcher", "BatchResult", "QueueFull"]
@@ -31,12 +32,16 @@ __all__ = ["Batcher", "BatchResult", "QueueFull"]
 log = logging.getLogger(__name__)
 
 
-class QueueFull(RuntimeError):
+class QueueFull(FcnsegError, RuntimeError):
     """The batcher's queue holds ``queue_size`` images: try again later (HTTP 503 with ``Retry-After``)."""
 
+    exit_code = 1
 
-class BatcherClosed(RuntimeError):
+
+class BatcherClosed(FcnsegError, RuntimeError):
     """The batcher is shutting down and takes no new images."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,9 @@ class Batcher:
     def __init__(self, labeler: Labeler, *, max_batch: int = 4, max_wait_s: float = 0.005, queue_size: int = 64,
                  on_batch: Callable[[int, float], None] | None = None):
         if max_batch < 1 or queue_size < 1 or max_wait_s < 0:
-            raise ValueError("max_batch and queue_size must be >= 1 and max_wait_s >= 0")
+            raise ConfigError(f"batcher limits out of range: max_batch {max_batch}, queue_size {queue_size}, "
+                              f"max_wait_s {max_wait_s:g}",
+                              fix="set {max_batch} and {queue_size} to 1 or more, {max_wait_ms} to 0 or more")
         self.labeler = labeler
         self.max_batch, self.max_wait_s, self.queue_size = max_batch, max_wait_s, queue_size
         self.on_batch = on_batch
@@ -98,7 +105,8 @@ class Batcher:
         Cancelling the future before its batch starts takes the image out of the batch.
         """
         if image.dtype != torch.uint8 or image.ndim != 3:
-            raise ValueError(f"expected a uint8 (3, H, W) image, got {image.dtype} {tuple(image.shape)}")
+            raise DataError(f"expected a uint8 (3, H, W) image, got {image.dtype} {tuple(image.shape)}",
+                            fix="decode it with fcnseg.io.read_image")
         item = _Item(image, Future())
         with self._cond:
             if self._closing:
