@@ -68,7 +68,7 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True) -> SegMetrics:
                          ignore_index=ck.ignore_index, progress=progress and is_main())
     m = cm.compute()
     if data.dataset.skipped:
-        log.warning("skipped %d samples that failed to load (--skip-bad)", data.dataset.skipped)
+        log.warning("skipped %d samples that failed to load (skip_bad)", data.dataset.skipped)
     if is_main():
         tasks = {t: names for t, (names, _) in ck.tasks.items()} if ck.tasks else None
         print(format_metrics(m, ck.classes, tasks))
@@ -97,7 +97,7 @@ def _eval_data(cfg: EvalConfig, ck: Checkpoint, *, progress: bool) -> _EvalData:
 
         ds.samples, n_bad, n_all = on_main(check)  # every rank shards the same, checked list
         if n_bad and is_main():
-            log.warning("%s: skipped %d bad samples of %d (--skip-bad)", ds, n_bad, n_all)
+            log.warning("%s: skipped %d bad samples of %d (skip_bad)", ds, n_bad, n_all)
     ds.skip_bad = cfg.skip_bad
     ds.share_skip_counter()
     if len(ds) == 0:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .errors import ConfigError, FcnsegError, optional_import
-from .outputs import TEMP_SUFFIX, OutputError, check_output_file, describe_os_error
+from .outputs import TEMP_SUFFIX, check_output_file, output_error
 from .scorer import make_scorer, model_input, require_single_task
 
 FORMATS = ("onnx", "torchscript")
@@ -66,7 +66,7 @@ def export_model(checkpoint: str | Path | Checkpoint, out: str | Path, *, fmt: s
     if fmt == "onnx":  # a missing extra is one line naming it, before any work
         optional_import("onnx", needed_for="fcnseg export")
         optional_import("onnxruntime", needed_for="fcnseg export")
-    out = check_output_file(out, flag="-o", overwrite=overwrite)
+    out = check_output_file(out, option="out", overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = _Logits(ck.build_model()).eval()
     x = torch.randn(1, ck.model_args.get("in_channels", 3), *sample_size)
@@ -83,7 +83,7 @@ def export_model(checkpoint: str | Path | Checkpoint, out: str | Path, *, fmt: s
         os.chmod(tmp_out, 0o644)
         os.replace(tmp_out, out)
     except OSError as e:
-        raise OutputError(describe_os_error(e, out, "-o")) from e
+        raise output_error(e, out, "out") from e
     finally:
         tmp_out.unlink(missing_ok=True)
     return out

@@ -228,7 +228,7 @@ def predict_files(ck: Checkpoint, cfg: PredictConfig, *, progress: bool = True) 
     spec = ScorerSpec(ck, engine=cfg.engine, onnx_file=cfg.onnx_file, precision=cfg.precision, device=cfg.device,
                       flip=cfg.flip, window=cfg.window)  # the engine settings are refused before any work
     files = collect_inputs(cfg.inputs)
-    out = check_output_dir(cfg.out_dir, flag="-o", overwrite=cfg.overwrite, create=True)
+    out = check_output_dir(cfg.out_dir, option="out_dir", overwrite=cfg.overwrite, create=True)
     predictor = Predictor(spec.build(), tile_pixels=cfg.tile_pixels)
     loader = DataLoader(_Images(files, cfg.max_pixels, cfg.skip_bad), batch_size=1, num_workers=cfg.workers,
                         collate_fn=_first)
@@ -256,7 +256,7 @@ def predict_files(ck: Checkpoint, cfg: PredictConfig, *, progress: bool = True) 
             f.result()
     dt = time.perf_counter() - t0
     if skipped:
-        log.warning("skipped %d of %d images that could not be read (--skip-bad)", len(skipped), len(files))
+        log.warning("skipped %d of %d images that could not be read (skip_bad)", len(skipped), len(files))
     done = len(files) - len(skipped)
     return {"images": done, "skipped": len(skipped), "seconds": dt, "images_per_s": done / dt}
 
@@ -274,8 +274,8 @@ def _write(out: Path, name: str, rgb: np.ndarray, labels: np.ndarray, ck: Checkp
     for suffix, (lab, classes, palette) in maps.items():  # labels (H, W), or (T, H, W) by task
         label_png = palette_image(lab, palette)
         atomic_write(out / f"{name}{suffix}.png", lambda f, im=label_png: im.save(f, format="PNG", compress_level=1),
-                     flag="-o", fsync=False)
+                     option="out_dir", fsync=False)
         if overlay:
             over = overlay_image(rgb, lab, palette, classes)
             atomic_write(out / f"{name}{suffix}_overlay.png",
-                         lambda f, im=over: im.save(f, format="PNG", compress_level=1), flag="-o", fsync=False)
+                         lambda f, im=over: im.save(f, format="PNG", compress_level=1), option="out_dir", fsync=False)

@@ -23,7 +23,7 @@ class BodyLimit:
         self.app, self.max_bytes = app, max_bytes
 
     def _message(self, size: str) -> str:
-        return f"request body is {size} bytes, over the limit of {self.max_bytes:,} (server flag --max-bytes)"
+        return f"request body is {size} bytes, over the server's limit of {self.max_bytes:,}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
