@@ -195,9 +195,10 @@ def upsampling_times(device: torch.device, reps: int) -> list[dict[str, float]]:
 def predict_folder(checkpoint: str, images: list[Path], device: str) -> dict[str, float]:
     """``run_predict`` over a folder (decode, infer, write PNGs + overlays) vs the bare forward passes."""
     from fcnseg.checkpoint import load_checkpoint
+    from fcnseg.config import PredictConfig
     from fcnseg.data.base import read_image
     from fcnseg.engine import predict_logits, prepare_inference
-    from fcnseg.predict import run_predict
+    from fcnseg.predict import predict_files
 
     ck = load_checkpoint(checkpoint)
     model = prepare_inference(ck.build_model().to(device), precision="fp32", channels_last=True)
@@ -208,7 +209,8 @@ def predict_folder(checkpoint: str, images: list[Path], device: str) -> dict[str
         predict_logits(model, x.to(device)).argmax(1).cpu()
     bare = len(xs) / (time.perf_counter() - t)
     with tempfile.TemporaryDirectory() as out:
-        r = run_predict(ck, [str(p) for p in images], Path(out) / "pred", device=device, progress=False)
+        r = predict_files(ck, PredictConfig(inputs=[str(p) for p in images], out_dir=str(Path(out) / "pred"),
+                                             device=str(device)), progress=False)
     return {"images": len(images), "predict_images_per_s": r["images_per_s"], "forward_only_images_per_s": bare}
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fcnseg.checkpoint import load_checkpoint
+from fcnseg.config import EvalConfig
 from fcnseg.evaluate import run_eval
 
 HERE = Path(__file__).parent.parent / "benchmarks" / "camvid"
@@ -34,6 +35,6 @@ def test_checkpoint_describes_itself(path):
 @pytest.mark.parametrize("path", list(RECORDED), ids=lambda p: p.stem)
 def test_checkpoint_reproduces_its_val_mean_iu(data_root, path):
     mean_iu, pixel_acc = RECORDED[path]
-    m = run_eval(path, data_root=str(data_root / "camvid"), split="val", workers=2, progress=False)
+    m = run_eval(EvalConfig(str(path), data_root=str(data_root / "camvid"), split="val", workers=2), progress=False)
     assert m.mean_iu == pytest.approx(mean_iu, abs=2e-4)
     assert m.pixel_acc == pytest.approx(pixel_acc, abs=2e-4)

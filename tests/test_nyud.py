@@ -14,7 +14,7 @@ from PIL import Image
 from scipy.io import savemat
 
 from fcnseg import data as fdata
-from fcnseg.config import make_config
+from fcnseg.config import EvalConfig, make_config
 from fcnseg.data.nyud import NYUD_CLASSES, decode_log_depth, encode_log_depth, nyud_split_ids
 from fcnseg.engine import train_one_epoch
 from fcnseg.evaluate import run_eval
@@ -168,7 +168,7 @@ def test_training_runs_lower_the_loss(nyud, tmp_path, modality, model):
     assert len(loss) == STEPS and math.isclose(loss[0], math.log(40), rel_tol=1e-4)  # zero scores: uniform
     assert np.mean(loss[-2:]) < 0.6 * loss[0]
     if modality == "rgb_hha":  # the checkpoint describes the data: eval finds the split, modality, channels
-        metrics = run_eval(str(out / "best.pt"), workers=0, progress=False)
+        metrics = run_eval(EvalConfig(str(out / "best.pt"), workers=0), progress=False)
         assert 0 <= metrics.mean_iu <= 1 and metrics.pixels == H * W - W  # the void row is not scored
 
 

@@ -24,10 +24,11 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from fcnseg.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fcnseg.config import PredictConfig
 from fcnseg.io import read_image
 from fcnseg.models import build
 from fcnseg.normalization import IMAGENET
-from fcnseg.predict import run_predict
+from fcnseg.predict import predict_files
 from fcnseg.serve.app import create_app
 from fcnseg.serve.batcher import Batcher, BatcherClosed, QueueFull
 from fcnseg.serve.config import DELAY_ENV, ServeConfig
@@ -219,7 +220,8 @@ def test_batched_labels_equal_fcnseg_predict(val_images, tmp_path):
     # pixel for pixel (fp32; measured: 0 pixels differ at batch sizes 1, 2, 3, 4 and 8 on this CPU).
     files = val_images[:4]
     ck = load_checkpoint(CAMVID_CKPT)
-    run_predict(ck, files, tmp_path, overlay=False, workers=0, progress=False)
+    predict_files(ck, PredictConfig(inputs=[str(p) for p in files], out_dir=str(tmp_path), overlay=False, workers=0),
+                  progress=False)
     batch_sizes: list[int] = []
     b = Batcher(load_labeler(ck), max_batch=4, max_wait_s=2.0, on_batch=lambda n, s: batch_sizes.append(n))
     futures = [b.submit(read_image(p)) for p in files]

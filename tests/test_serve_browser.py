@@ -16,6 +16,7 @@ import uvicorn
 from PIL import Image
 
 from fcnseg.checkpoint import load_checkpoint
+from fcnseg.config import PredictConfig
 from fcnseg.predict import run_predict
 from fcnseg.serve.app import create_app
 from fcnseg.serve.config import ServeConfig
@@ -56,8 +57,8 @@ def browser():
 
 def test_page_segments_images(server_url, browser, data_root, tmp_path):
     images = sorted((data_root / "camvid" / "val").glob("*.png"))[:2]
-    run_predict(load_checkpoint(CAMVID_CKPT), images, tmp_path / "predict", overlay=False, workers=0,
-                progress=False)
+    run_predict(PredictConfig(str(CAMVID_CKPT), [str(p) for p in images], str(tmp_path / "predict"), overlay=False,
+                              workers=0), progress=False)
     page = browser.new_page(viewport={"width": 1200, "height": 760}, accept_downloads=True)
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))

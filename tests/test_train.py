@@ -122,9 +122,10 @@ def test_resume_is_exact(data_root, tmp_path):
 
 def _ddp_eval_worker(rank: int, world: int, port: int, data_root: str, ckpt: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    from fcnseg.config import EvalConfig
     from fcnseg.evaluate import run_eval
 
-    m = run_eval(ckpt, data_root=data_root, split="val", max_images=5, workers=0, device="cpu",
+    m = run_eval(EvalConfig(ckpt, data_root=data_root, split="val", max_images=5, workers=0, device="cpu"),
                  progress=False)
     torch.save(m.to_dict(), f"{out}.{rank}")
     torch.distributed.destroy_process_group()
@@ -133,9 +134,11 @@ def _ddp_eval_worker(rank: int, world: int, port: int, data_root: str, ckpt: str
 def test_two_processes_give_the_same_metrics_as_one(data_root, tmp_path):
     run_train(tiny_cfg(data_root, tmp_path / "run", max_steps=2), progress=False)
     ckpt = str(tmp_path / "run" / "last.pt")
+    from fcnseg.config import EvalConfig
     from fcnseg.evaluate import run_eval
 
-    single = run_eval(ckpt, data_root=str(data_root / "camvid"), max_images=5, workers=0, progress=False)
+    single = run_eval(EvalConfig(ckpt, data_root=str(data_root / "camvid"), max_images=5, workers=0),
+                      progress=False)
     port = 29500 + os.getpid() % 1000
     torch.multiprocessing.spawn(_ddp_eval_worker, args=(2, port, str(data_root / "camvid"), ckpt,
                                                         str(tmp_path / "m")), nprocs=2)

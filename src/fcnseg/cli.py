@@ -356,23 +356,27 @@ def _train(a: argparse.Namespace) -> int:
 
 
 def _eval(a: argparse.Namespace) -> int:
+    from .config import EvalConfig
     from .evaluate import run_eval
 
-    run_eval(a.checkpoint, dataset=a.dataset, data_root=a.data_root, split=a.split, out=a.out,
-             overwrite=a.overwrite, flip=a.flip, scales=a.scales, window=a.window, device=a.device, workers=a.workers,
-             skip_bad=a.skip_bad, max_images=a.max_images, progress=not a.quiet, engine=a.engine, onnx_file=a.onnx,
-             max_pixels=a.max_pixels, check_data=a.check_data, precision=a.precision,
-             dataset_args=_key_values(a.dataset_args, "--dataset-arg"))
+    run_eval(EvalConfig(checkpoint=a.checkpoint, dataset=a.dataset or "", data_root=a.data_root or "",
+                        split=a.split or "", out=a.out or "", overwrite=a.overwrite, flip=a.flip,
+                        scales=tuple(a.scales), window=a.window, device=a.device, workers=a.workers,
+                        skip_bad=a.skip_bad, max_images=a.max_images, engine=a.engine, onnx_file=a.onnx or "",
+                        max_pixels=a.max_pixels, check_data=a.check_data, precision=a.precision,
+                        dataset_args=_key_values(a.dataset_args, "--dataset-arg")), progress=not a.quiet)
     return 0
 
 
 def _predict(a: argparse.Namespace) -> int:
+    from .config import PredictConfig
     from .predict import run_predict
 
-    r = run_predict(a.checkpoint, a.inputs, a.out, overlay=not a.no_overlay, overwrite=a.overwrite,
-                    flip=a.flip, window=a.window, device=a.device, workers=a.workers, engine=a.engine,
-                    onnx_file=a.onnx, precision=a.precision, progress=not a.quiet, skip_bad=a.skip_bad,
-                    max_pixels=a.max_pixels, tile_pixels=a.tile_pixels)
+    r = run_predict(PredictConfig(checkpoint=a.checkpoint, inputs=list(a.inputs), out_dir=a.out,
+                                  overlay=not a.no_overlay, overwrite=a.overwrite, flip=a.flip, window=a.window,
+                                  device=a.device, workers=a.workers, engine=a.engine, onnx_file=a.onnx or "",
+                                  precision=a.precision, skip_bad=a.skip_bad, max_pixels=a.max_pixels,
+                                  tile_pixels=a.tile_pixels), progress=not a.quiet)
     skipped = f", {r['skipped']} skipped (unreadable)" if r["skipped"] else ""
     print(f"{r['images']} images in {r['seconds']:.1f} s ({r['images_per_s']:.2f} images/s){skipped} -> {a.out}")
     return 0

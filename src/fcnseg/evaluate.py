@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,9 @@ from torch.utils.data import DataLoader
 
 from . import data as fdata
 from .checkpoint import load_checkpoint
+from .config import EvalConfig
 from .distributed import ShardedSampler, init_distributed, is_main, on_main
 from .engine import evaluate
-from .io import DEFAULT_MAX_PIXELS
 from .metrics import ConfusionMatrix, MultiTaskConfusion, SegMetrics
 from .outputs import atomic_write, check_output_file
 from .precision import resolve_precision
@@ -46,14 +45,8 @@ def format_metrics(m: SegMetrics, classes: list[str], tasks: dict[str, list[str]
     return "\n".join(lines)
 
 
-def run_eval(checkpoint: str | Path, *, dataset: str | None = None, data_root: str | None = None,
-             split: str | None = None, out: str | Path | None = None, overwrite: bool = False, flip: bool = False,
-             scales: Sequence[float] = (1.0,),
-             window: int = 0, device: str = "", workers: int = 2, skip_bad: bool = False, precision: str = "auto",
-             max_images: int = 0, progress: bool = True, engine: str = "torch", onnx_file: str | None = None,
-             max_pixels: int = DEFAULT_MAX_PIXELS, check_data: str = "headers",
-             dataset_args: dict[str, Any] | None = None) -> SegMetrics:
-    """Evaluate ``checkpoint`` on ``split`` at the labels' original resolution; write JSON to ``out``.
+def run_eval(cfg: EvalConfig, *, progress: bool = True) -> SegMetrics:
+    """Evaluate ``cfg.checkpoint`` on ``cfg.split`` at the labels' original resolution; write JSON to ``cfg.out``.
 
     By default the split, dataset and folder are those the checkpoint was validated on during training.
     ``out`` is checked before any work; the data is validated (``check_data``) before the first image, bad
@@ -63,6 +56,11 @@ def run_eval(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
     (:func:`fcnseg.precision.resolve_precision`). Under ``torchrun`` the split is sharded over processes and
     their confusion matrices summed.
     """
+    checkpoint, out, overwrite, flip, scales = cfg.checkpoint, cfg.out or None, cfg.overwrite, cfg.flip, cfg.scales
+    window, device, workers, skip_bad, precision = cfg.window, cfg.device, cfg.workers, cfg.skip_bad, cfg.precision
+    max_images, engine, onnx_file = cfg.max_images, cfg.engine, cfg.onnx_file or None
+    max_pixels, check_data, dataset_args = cfg.max_pixels, cfg.check_data, cfg.dataset_args
+    dataset, data_root, split = cfg.dataset or None, cfg.data_root or None, cfg.split or None
     ck = load_checkpoint(checkpoint)
     cfg: dict[str, Any] = ck.config or {}
     out_path = check_output_file(out, overwrite=overwrite) if out else None

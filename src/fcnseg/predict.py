@@ -22,9 +22,10 @@ from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import Checkpoint, load_checkpoint
+from .config import PredictConfig
 from .engine import predict_logits, prepare_inference
 from .errors import PredictionError
-from .io import DEFAULT_MAX_PIXELS, DataError, is_image_file, read_image
+from .io import DataError, is_image_file, read_image
 from .models import head_labels
 from .outputs import atomic_write, check_output_dir
 from .precision import resolve_precision
@@ -200,20 +201,24 @@ class Predictor:
                 f"{self.tile_pixels:,}, e.g. {self.tile_pixels // 4:,}) or use --device cpu") from e
 
 
-def run_predict(checkpoint: str | Path | Checkpoint, inputs: Sequence[str | Path], out_dir: str | Path, *,
-                overlay: bool = True, overwrite: bool = False, flip: bool = False, window: int = 0,
-                device: str = "", workers: int = 2, engine: str = "torch", onnx_file: str | None = None,
-                precision: str = "auto", progress: bool = True, skip_bad: bool = False,
-                max_pixels: int = DEFAULT_MAX_PIXELS, tile_pixels: int = DEFAULT_TILE_PIXELS) -> dict[str, Any]:
+def run_predict(cfg: PredictConfig, *, progress: bool = True) -> dict[str, Any]:
     """Write ``<stem>.png`` (palette labels) and ``<stem>_overlay.png`` for every input image; for a multi-task
     model (SIFT Flow's) ``<stem>_<task>.png`` and ``<stem>_<task>_overlay.png`` for each task (``_sem``, ``_geo``).
 
     The output folder is checked before any work (an existing, non-empty one is refused unless
     ``overwrite``). Each file is written atomically. With ``skip_bad`` an unreadable image is logged and
     skipped, and counted in the result. Returns ``{"images": written, "skipped": n, "seconds": t,
-    "images_per_s": written / t}``.
+    "images_per_s": written / t}``. :func:`predict_files` does the same for a checkpoint already loaded.
     """
-    ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    return predict_files(load_checkpoint(cfg.checkpoint), cfg, progress=progress)
+
+
+def predict_files(ck: Checkpoint, cfg: PredictConfig, *, progress: bool = True) -> dict[str, Any]:
+    """:func:`run_predict` with the checkpoint already loaded (``cfg.checkpoint`` is not read)."""
+    inputs, out_dir, overwrite, overlay = cfg.inputs, cfg.out_dir, cfg.overwrite, cfg.overlay
+    skip_bad, max_pixels, workers = cfg.skip_bad, cfg.max_pixels, cfg.workers
+    device, engine, onnx_file, precision = cfg.device, cfg.engine, cfg.onnx_file or None, cfg.precision
+    flip, window, tile_pixels = cfg.flip, cfg.window, cfg.tile_pixels
     files = collect_inputs(inputs)
     out = check_output_dir(out_dir, flag="-o", overwrite=overwrite, create=True)
     predictor = Predictor(ck, device=device, engine=engine, onnx_file=onnx_file, precision=precision, flip=flip,
