@@ -19,9 +19,8 @@ Precedence: dataclass defaults < recipe < config file (YAML/JSON) < command-line
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 

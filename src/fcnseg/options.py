@@ -36,7 +36,8 @@ CheckData = Literal["headers", "labels", "full", "off"]
 
 def opt(default: Any = MISSING, help: str = "", *, flag: str | None = None, short: str | None = None,
         metavar: str | None = None, positional: bool = False, required: bool = False, cli: bool = True,
-        default_factory: Callable[[], Any] | Any = MISSING, parse: Callable[[str], Any] | None = None) -> Any:
+        default_factory: Callable[[], Any] | Any = MISSING, parse: Callable[[str], Any] | None = None,
+        negatable: bool = True) -> Any:
     """A dataclass field with its command-line description in ``metadata``.
 
     Args:
@@ -49,9 +50,10 @@ def opt(default: Any = MISSING, help: str = "", *, flag: str | None = None, shor
         required: must be given (by a flag, or by ``--config``); checked after merging, so the file can give it.
         cli: False for a field that has no flag (e.g. a test-only setting).
         parse: turns the flag's text into the value (``"0.75,1"`` -> ``(0.75, 1.0)``).
+        negatable: a bool gets ``--no-x`` beside ``--x`` (False: only ``--x``).
     """
     meta = {"help": help, "flag": flag, "short": short, "metavar": metavar, "positional": positional,
-            "required": required, "cli": cli, "parse": parse}
+            "required": required, "cli": cli, "parse": parse, "negatable": negatable}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -83,8 +85,8 @@ def scales(text: str) -> tuple[float, ...]:
 # Options several commands share: declared once here, used as ``name: Type = shared("name")``. A command may
 # change the default (``shared("max_pixels", 8_000_000)``) where its reason differs; the help stays one text.
 SHARED: dict[str, dict[str, Any]] = {
-    "checkpoint": dict(default="", help="fcnseg checkpoint (.pt): model, classes, palette and normalisation come from it",
-                       required=True),
+    "checkpoint": dict(default="", required=True, help="fcnseg checkpoint (.pt): model, classes, palette and "
+                       "normalisation come from it"),
     "device": dict(default="", help="cpu, cuda, cuda:1; empty = cuda if available, else cpu"),
     "workers": dict(default=2, help="data-loading (image-decoding) processes; 0 = decode in the main process"),
     "precision": dict(default="auto", help="auto: bf16 where the device computes it natively (AVX512-BF16/AMX "
@@ -157,7 +159,7 @@ def check_choices(cfg: Any) -> None:
         value = getattr(cfg, f.name)
         if allowed is not None and value not in allowed and value is not None:
             raise ConfigError(f"{f.name} must be one of {', '.join(map(str, allowed))}, not {value!r}",
-                              fix="choose one of " + ", ".join(map(str, allowed)) + " for {%s}" % f.name)
+                              fix=f"choose one of {', '.join(map(str, allowed))} for {{{f.name}}}")
 
 
 def flag_of(f: Field) -> str:
@@ -225,14 +227,15 @@ def add_fields(p: argparse.ArgumentParser, cls: type, *, optional_positionals: b
         tp = _strip_optional(field_type(cls, f.name))
         origin = get_origin(tp)
         kw: dict[str, Any] = {"help": _help(f, default, values)}
-        if m.get("metavar"):
-            kw["metavar"] = m["metavar"]
+        if not m.get("positional") and origin is not Literal:  # choices show as {a,b}
+            kw["metavar"] = m.get("metavar") or flag_of(f).lstrip("-").upper().replace("-", "_")
         if origin is Literal:
             kw["choices"] = get_args(tp)
         if m.get("parse"):
             kw["type"] = m["parse"]
         elif tp is bool:
-            kw["action"] = argparse.BooleanOptionalAction
+            kw.pop("metavar", None)
+            kw["action"] = argparse.BooleanOptionalAction if m.get("negatable", True) else "store_true"
         elif origin is dict:
             kw.update(action=_KeyValues, type=key_values)
         elif origin in (list, tuple):
@@ -313,7 +316,7 @@ def resolve(cls: type, file: str | Path | None = None, flags: dict[str, Any] | N
     for f in fields(cls):
         needed = f.metadata.get("required") or (f.default is MISSING and f.default_factory is MISSING)
         if needed and values.get(f.name) in (None, "", [], ()):
-            raise ConfigError(f"{f.name} is required", fix="give {%s}" % f.name)
+            raise ConfigError(f"{f.name} is required", fix=f"give {{{f.name}}}")
     cfg = cls(**values)
     check_choices(cfg)
     return cfg

@@ -34,8 +34,8 @@ class ServeConfig:
     max_wait_ms: float = opt(5.0, "longest a batch waits for more images: small against ~30 ms inference")
     queue_size: int = opt(64, "most images waiting; beyond it 503 + Retry-After (a full queue is seconds of "
                           "work on CPU)")
-    max_pixels: int = shared("max_pixels", 8_000_000, note="else 422; an 8 MP photo passes, and logits take 4 "
-                             "bytes x classes per pixel")
+    max_pixels: int = shared("max_pixels", 8_000_000, note="a request over it gets 422; an 8 MP photo passes, "
+                             "and logits take 4 bytes x classes per pixel")
     max_bytes: int = opt(25 * 2**20, "largest request body, else 413: a large PNG fits, a flood does not")
     timeout_s: float = opt(30.0, "seconds per request, decode to response, else 504", flag="--timeout")
     device: str = shared("device")
