@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         return code
 
     try:
-        return COMMANDS[args.command][1](args)
+        return COMMANDS[args.command].run(args)
     except FcnsegError as e:
         if args.debug and not isinstance(e, TrainingInterrupted):
             raise
