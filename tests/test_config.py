@@ -7,8 +7,17 @@ from dataclasses import fields
 
 import pytest
 
-from fcnseg.config import (RECIPES, ConvertConfig, EvalConfig, ExportConfig, HhaConfig, ModelsConfig,
-                           PredictConfig, TrainConfig, make_config)
+from fcnseg.config import (
+    RECIPES,
+    ConvertConfig,
+    EvalConfig,
+    ExportConfig,
+    HhaConfig,
+    ModelsConfig,
+    PredictConfig,
+    TrainConfig,
+    make_config,
+)
 from fcnseg.errors import ConfigError
 from fcnseg.options import SHARED, check_choices, choices_of, resolve
 from fcnseg.precision import PRECISIONS
