@@ -126,7 +126,7 @@ def _export(a: argparse.Namespace) -> int:
     cfg: ExportConfig = options_of(ExportConfig, a)
     suffix = Path(cfg.out).suffix.lower()
     suffix_fmt = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript"}.get(suffix)
-    fmt = suffix_fmt or "onnx" if cfg.format == "auto" else cfg.format
+    fmt = (suffix_fmt or "onnx") if cfg.format == "auto" else cfg.format
     if suffix_fmt and suffix_fmt != fmt:
         raise ConfigError(f"{cfg.out}: a {suffix} file for format {fmt}",
                           fix="name {out} .onnx for onnx, .pt or .ts for torchscript, or change {format}")
@@ -155,6 +155,8 @@ def _convert(a: argparse.Namespace) -> int:
     if Path(cfg.out).exists() and not cfg.overwrite:
         raise OutputError(f"{cfg.out} exists", fix="choose another {out} or set {overwrite}", path=cfg.out)
     classes = None
+    if cfg.classes and not Path(cfg.classes).is_file():
+        raise DataError(f"{cfg.classes}: no such file", fix="check {classes}", path=cfg.classes)
     if cfg.classes:
         classes = [c.strip() for c in Path(cfg.classes).read_text().splitlines() if c.strip()]
     convert = convert_caffemodel if cfg.format == "caffe" else convert_torchvision_vgg16
