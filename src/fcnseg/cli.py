@@ -37,6 +37,8 @@ class ConfigFile:
 
 @dataclass
 class Progress:
+    """``--quiet``, for commands that show progress."""
+
     quiet: bool = opt(False, "no progress output", negatable=False)
 
 

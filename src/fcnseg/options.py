@@ -196,9 +196,12 @@ def _help(f: Field, default: Any, values: dict[str, str]) -> str:
         text = text.replace(k, v)
     if f.metadata.get("required"):
         text += " (required)"
-    elif default not in (None, "", False, (), [], {}, MISSING) and "default" not in text:
-        text += f" (default: {default:,})" if type(default) is int and default >= 10_000 else \
-            f" (default: {default})"
+    elif not (default is None or default is MISSING or default is False or default in ("", (), [], {})) \
+            and "default" not in text:
+        shown = f"{default:,}" if type(default) is int and default >= 10_000 else \
+            ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
+        if f"{shown} = " not in text:  # "(0 = all)" says it already
+            text += f" (default: {shown})"
     return text.replace("%", "%%")  # argparse %-formats help
 
 
