@@ -92,6 +92,8 @@ def test_errors_name_flags(tmp_path, capsys):
     assert "unknown option windw" in err and "fix: correct the names in --config" in err
     assert main(["train", "--batch-size", "0", "--dry-run"]) == 2
     assert "fix: set --batch-size to 1 or more" in capsys.readouterr().err
+    assert main(["convert", "caffe", str(tmp_path / "none.caffemodel"), "-o", "x.pt", "--model", "fcn8s"]) == 2
+    assert capsys.readouterr().err.strip().endswith("none.caffemodel: no such file; fix: check SOURCE")
 
 
 def test_flag_spelling_comes_from_the_parsers():
@@ -103,6 +105,9 @@ def test_flag_spelling_comes_from_the_parsers():
     assert flag_spelling("skip_bad") == "--skip-bad"
     assert flag_spelling("config") == "--config"
     assert flag_spelling("not_an_option") == "--not-an-option"  # the fallback
+    assert flag_spelling("checkpoint") == "--checkpoint"
+    assert flag_spelling("checkpoint", "export") == "CHECKPOINT"  # export's is positional
+    assert flag_spelling("out", "export") == "--out" and flag_spelling("source", "convert") == "SOURCE"
 
 
 def test_dataset_help_lists_every_family(capsys):

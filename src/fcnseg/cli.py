@@ -289,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug and not isinstance(e, TrainingInterrupted):
             raise
         kind = "interrupted" if isinstance(e, TrainingInterrupted) else "error"
-        return fail(f"{kind}: {_one_line(e.render(flag_spelling))}", e.exit_code)
+        return fail(f"{kind}: {_one_line(e.render(functools.partial(flag_spelling, command=args.command)))}",
+                    e.exit_code)
     except KeyboardInterrupt:
         if args.debug:
             raise
@@ -322,24 +323,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @functools.cache
-def _flags() -> dict[str, str]:
-    """Option field name -> the flag the generated parsers give it (the first command's, where several have it)."""
+def _flags(command: str | None = None) -> dict[str, str]:
+    """Option field name -> the flag the generated parser of ``command`` gives it (None: of every command, the
+    first command's where several have the field)."""
     spelled: dict[str, str] = {}
-    parser = build_parser()
-    for action in parser._subparsers._group_actions[0].choices.values():  # type: ignore[union-attr]
-        for arg in action._actions:
+    subparsers = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for name, sub in subparsers.items():
+        if command not in (None, name):
+            continue
+        for arg in sub._actions:
             if arg.dest in spelled or arg.dest in ("help", "verbose", "debug"):
                 continue
             longs = [s for s in arg.option_strings if s.startswith("--") and not s.startswith("--no-")]
-            spelled[arg.dest] = longs[0] if longs else (arg.metavar or arg.dest.upper())
+            spelled[arg.dest] = longs[0] if longs else (arg.metavar or arg.dest).upper()
     return spelled
 
 
-def flag_spelling(field: str) -> str:
+def flag_spelling(field: str, command: str | None = None) -> str:
     """An option's field name as the flag a user types: ``skip_bad`` -> ``--skip-bad``, ``out_dir`` -> ``--out``.
 
-    Looked up in the generated parsers; a name no command has is written ``--`` + the name with dashes.
+    Looked up in the generated parser of ``command`` (a positional argument: its name in capitals), then in
+    every command's; a name no command has is written ``--`` + the name with dashes.
     """
+    if command in COMMANDS and field in _flags(command):
+        return _flags(command)[field]
     return _flags().get(field, "--" + field.replace("_", "-"))
 
 
