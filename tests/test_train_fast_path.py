@@ -12,6 +12,7 @@ import torch
 from fcnseg import data as fdata
 from fcnseg.checkpoint import load_checkpoint
 from fcnseg.data.cache import DecodedCache, cache_decision
+from fcnseg.errors import ConfigError
 from fcnseg.losses import class_frequencies, median_frequency_weights, segmentation_loss
 from fcnseg.precision import bf16_native, machine_summary, resolve_precision
 from fcnseg.train import _class_weights, run_train
@@ -28,7 +29,7 @@ def test_auto_precision_follows_the_hardware(caplog):
     assert bool(warned) is (not native)
     if warned:
         assert "--precision auto" in warned[0].getMessage()
-    with pytest.raises(ValueError, match="--precision must be one of auto, fp32, bf16"):
+    with pytest.raises(ConfigError, match="unknown precision 'fp16'; fix: set `precision` to auto, fp32 or bf16"):
         resolve_precision("fp16", "cpu")
     assert torch.backends.cpu.get_cpu_capability() in machine_summary()
 

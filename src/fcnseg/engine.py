@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .errors import ConfigError
 from .losses import segmentation_loss
 from .metrics import ConfusionMatrix, MultiTaskConfusion
 from .models.fcn import head_labels, joined_logits, task_heads
@@ -107,7 +108,8 @@ def prepare_inference(model: nn.Module, *, precision: str = "fp32", channels_las
     in float32 by :func:`predict_logits` either way.
     """
     if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
+        raise ConfigError(f"inference precision {precision!r} is neither fp32 nor bf16",
+                          fix="set {precision} to fp32 or bf16 (auto is resolved by fcnseg.precision)")
     model = model.eval()
     if precision == "bf16":
         model = model.to(torch.bfloat16)
@@ -192,23 +194,48 @@ def evaluate(
     progress: bool = True,
     scales: Sequence[float] = (1.0,),
 ) -> ConfusionMatrix | MultiTaskConfusion:
-    """Accumulate one confusion matrix over the loader's images at their original resolution.
-
-    Each batch holds whole images (batch size 1 keeps every image at its own size, so padding never touches
-    a prediction). Under DDP the matrices of all processes are summed; the caller computes the metrics.
-    A multi-task model (``heads``) is scored task by task against stacked masks (N, T, H, W): one matrix each.
+    """:func:`evaluate_scores` of a model being trained (validation): its scores under ``amp`` autocast, with
+    the test-time augmentation of :func:`predict_logits`. A multi-task model (``heads``) is scored task by task.
     """
     model.eval()
-    heads = task_heads(model)
+
+    def scores(images: Tensor) -> Tensor:
+        return predict_logits(model, norm(images.to(device)), flip=flip, window=window, amp=amp, scales=scales)
+
+    return evaluate_scores(scores, loader, num_classes=num_classes, heads=task_heads(model), device=device,
+                           ignore_index=ignore_index, progress=progress)
+
+
+@torch.no_grad()
+def evaluate_scores(
+    scores: Callable[[Tensor], Tensor],
+    loader: Iterable[tuple[Tensor, Tensor]],
+    *,
+    num_classes: int,
+    heads: dict[str, int] | None = None,
+    device: torch.device | str = "cpu",
+    ignore_index: int = 255,
+    progress: bool = True,
+) -> ConfusionMatrix | MultiTaskConfusion:
+    """The one evaluation loop: accumulate one confusion matrix over the loader's images at their original
+    resolution, whatever computes the scores (a model in training, or a :class:`fcnseg.scorer.Scorer` under
+    PyTorch or ONNX Runtime).
+
+    ``scores(images)`` maps uint8 images (N, 3, H, W) to class scores (N, K, H, W) (a multi-task model's
+    ``heads`` side by side, scored task by task against stacked masks (N, T, H, W): one matrix each). Each
+    batch holds whole images (batch size 1 keeps every image at its own size, so padding never touches a
+    prediction); an empty batch (a sample dropped by ``skip_bad``) is passed over. The matrix lives on
+    ``device``; under DDP the matrices of all processes are summed; the caller computes the metrics.
+    """
+    device = torch.device(device)
     cm = ConfusionMatrix(num_classes, ignore_index, device=device) if heads is None else \
         MultiTaskConfusion(heads, ignore_index, device=device)
     total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
     with Progress(total, "eval", "img", enabled=progress) as bar:
         for images, masks in loader:
-            if images.shape[0]:  # empty when skip_bad dropped the sample
-                logits = predict_logits(model, norm(images.to(device)), flip=flip, window=window, amp=amp,
-                                        scales=scales)
-                cm.update(head_labels(logits, heads), masks.to(device))
+            if images.shape[0]:
+                labels = head_labels(scores(images), heads)  # (N, H, W), or (N, T, H, W) by task
+                cm.update(labels.to(device), masks.to(device))
             bar.update(1)
     cm.reduce()
     return cm

@@ -7,21 +7,19 @@ import logging
 import math
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import data as fdata
-from .checkpoint import load_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint
 from .config import EvalConfig
 from .distributed import ShardedSampler, init_distributed, is_main, on_main
-from .engine import evaluate
+from .engine import evaluate_scores
+from .errors import CheckpointError, ConfigError
 from .metrics import ConfusionMatrix, MultiTaskConfusion, SegMetrics
 from .outputs import atomic_write, check_output_file
-from .precision import resolve_precision
-from .predict import make_scorer
-from .progress import Progress
+from .scorer import ScorerSpec
 
 log = logging.getLogger(__name__)
 
@@ -49,100 +47,99 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True) -> SegMetrics:
     """Evaluate ``cfg.checkpoint`` on ``cfg.split`` at the labels' original resolution; write JSON to ``cfg.out``.
 
     By default the split, dataset and folder are those the checkpoint was validated on during training.
-    ``out`` is checked before any work; the data is validated (``check_data``) before the first image, bad
-    samples dropped and counted with ``skip_bad``. ``engine="onnxruntime"`` scores an exported ONNX file
-    (``onnx_file``, e.g. an int8 export) instead of the checkpoint's weights, which still give the classes.
-    ``precision`` ``auto`` computes in bf16 (autocast) only where the device does so natively
+    The engine settings and ``out`` are checked before any work; the data is validated (``check_data``) before
+    the first image, bad samples dropped and counted with ``skip_bad``. The images are scored by the
+    :class:`fcnseg.scorer.Scorer` that ``predict`` and ``serve`` use: ``engine="onnxruntime"`` scores an
+    exported ONNX file (``onnx_file``, e.g. an int8 export) instead of the checkpoint's weights, which still
+    give the classes; ``precision`` ``auto`` computes in bf16 only where the device does so natively
     (:func:`fcnseg.precision.resolve_precision`). Under ``torchrun`` the split is sharded over processes and
-    their confusion matrices summed.
+    their confusion matrices summed. Refusals are :class:`~fcnseg.errors.FcnsegError`.
     """
-    checkpoint, out, overwrite, flip, scales = cfg.checkpoint, cfg.out or None, cfg.overwrite, cfg.flip, cfg.scales
-    window, device, workers, skip_bad, precision = cfg.window, cfg.device, cfg.workers, cfg.skip_bad, cfg.precision
-    max_images, engine, onnx_file = cfg.max_images, cfg.engine, cfg.onnx_file or None
-    max_pixels, check_data, dataset_args = cfg.max_pixels, cfg.check_data, cfg.dataset_args
-    dataset, data_root, split = cfg.dataset or None, cfg.data_root or None, cfg.split or None
-    ck = load_checkpoint(checkpoint)
-    cfg: dict[str, Any] = ck.config or {}
-    out_path = check_output_file(out, overwrite=overwrite) if out else None
-    kind, root, args, split = _resolve_data(cfg, checkpoint, dataset, data_root, split)
-    args = {**args, **(dataset_args or {})}
+    ck = load_checkpoint(cfg.checkpoint)
+    _, _, dev = init_distributed(cfg.device)
+    spec = ScorerSpec(ck, engine=cfg.engine, onnx_file=cfg.onnx_file, precision=cfg.precision, device=str(dev),
+                      flip=cfg.flip, window=cfg.window, scales=tuple(cfg.scales))  # refused before any work
+    out_path = check_output_file(cfg.out, overwrite=cfg.overwrite) if cfg.out else None
+    data = _eval_data(cfg, ck, progress=progress)
+    loader = DataLoader(data.scored, batch_size=1, sampler=ShardedSampler(len(data.scored), shuffle=False, pad=False),
+                        num_workers=cfg.workers, collate_fn=fdata.pad_collate)
+    scorer = spec.build()
+    cm = evaluate_scores(scorer, loader, num_classes=len(ck.classes), heads=scorer.heads, device=scorer.device,
+                         ignore_index=ck.ignore_index, progress=progress and is_main())
+    m = cm.compute()
+    if data.dataset.skipped:
+        log.warning("skipped %d samples that failed to load (--skip-bad)", data.dataset.skipped)
+    if is_main():
+        tasks = {t: names for t, (names, _) in ck.tasks.items()} if ck.tasks else None
+        print(format_metrics(m, ck.classes, tasks))
+        if out_path is not None:
+            _write_record(out_path, cfg, ck, data, m, cm)
+    return m
 
-    _, _, dev = init_distributed(device)
-    ds = fdata.build_dataset(kind, root, split, **args)
-    ds.max_pixels = max_pixels
-    if check_data != "off":
+
+class _EvalData(NamedTuple):
+    dataset: fdata.SegmentationDataset  # the whole (checked) split: counts skipped samples
+    scored: Dataset  # what is scored: the split, or its first max_images
+    kind: str
+    root: Path
+    split: str
+
+
+def _eval_data(cfg: EvalConfig, ck: Checkpoint, *, progress: bool) -> _EvalData:
+    """The split to score, validated (``cfg.check_data``) and checked to fit the checkpoint's classes and tasks."""
+    kind, root, args, split = _resolve_data(ck.config or {}, cfg.checkpoint, cfg.dataset, cfg.data_root, cfg.split)
+    ds = fdata.build_dataset(kind, root, split, **{**args, **cfg.dataset_args})
+    ds.max_pixels = cfg.max_pixels
+    if cfg.check_data != "off":
         def check() -> tuple[list[tuple[Path, Path]], int, int]:
-            report = ds.validate(check_data, skip_bad=skip_bad, progress=progress and is_main())
+            report = ds.validate(cfg.check_data, skip_bad=cfg.skip_bad, progress=progress and is_main())
             return ds.samples, len(report.bad), report.samples
 
         ds.samples, n_bad, n_all = on_main(check)  # every rank shards the same, checked list
         if n_bad and is_main():
             log.warning("%s: skipped %d bad samples of %d (--skip-bad)", ds, n_bad, n_all)
-    ds.skip_bad = skip_bad
+    ds.skip_bad = cfg.skip_bad
     ds.share_skip_counter()
     if len(ds) == 0:
-        raise fdata.DataError(f"split {split!r} of {root} is empty; fix: choose another --split")
-    if ds.num_classes != len(ck.classes):
-        raise ValueError(f"--data {root} has {ds.num_classes} classes; --checkpoint {checkpoint} predicts "
-                         f"{len(ck.classes)}; fix: evaluate on the dataset the model was trained for")
+        raise fdata.DataError(f"split {split!r} of {root} is empty", fix="choose another {split}", path=root)
     ds_heads = {t: len(names) for t, (names, _) in ds.tasks.items()} if ds.tasks else None
-    if ds_heads != ck.heads:
-        raise ValueError(f"--data {root} labels tasks {list(ds_heads or ['one'])}; --checkpoint {checkpoint} predicts "
-                         f"{list(ck.heads or ['one'])}; fix: evaluate on the dataset the model was trained for")
-    full = ds
-    if max_images:
-        ds = torch.utils.data.Subset(ds, range(min(max_images, len(ds))))  # type: ignore[assignment]
-    loader = DataLoader(ds, batch_size=1, sampler=ShardedSampler(len(ds), shuffle=False, pad=False),
-                        num_workers=workers, collate_fn=fdata.pad_collate)
-    if engine == "torch":
-        model = ck.build_model().to(dev)
-        cm = evaluate(model, loader, num_classes=len(ck.classes), norm=ck.normalization, device=dev,
-                      ignore_index=ck.ignore_index, flip=flip, window=window, scales=scales,
-                      amp=resolve_precision(precision, dev) == "bf16",
-                      progress=progress and is_main())
-    else:
-        if tuple(scales) != (1.0,):
-            raise ValueError("--scales is for --engine torch")
-        scores = make_scorer(ck, dev, engine, onnx_file, flip, window, precision)
-        cm = ConfusionMatrix(len(ck.classes), ck.ignore_index)
-        with Progress(len(loader), "eval", "img", enabled=progress and is_main()) as bar:
-            for images, masks in loader:
-                if images.shape[0]:
-                    cm.update(scores(images).argmax(1).cpu(), masks)
-                bar.update(1)
-        cm.reduce()
-    m = cm.compute()
-    if full.skipped:
-        log.warning("skipped %d samples that failed to load (--skip-bad)", full.skipped)
-    if is_main():
-        tasks = ck.tasks
-        print(format_metrics(m, ck.classes, {t: names for t, (names, _) in tasks.items()} if tasks else None))
-        if out_path is not None:
-            record = {"checkpoint": str(checkpoint), "engine": engine, "onnx": onnx_file, "dataset": kind,
-                      "root": str(root), "split": split, "flip": flip, "scales": list(scales), "window": window,
-                      "classes": ck.classes, **m.to_dict()}
-            matrices = cm.matrices if isinstance(cm, MultiTaskConfusion) else {"": cm}
-            for t, tcm in matrices.items():  # a multi-task model: each task's classes and matrix too
-                if t:
-                    record["tasks"][t].update(classes=tasks[t][0] if tasks else None,
-                                              confusion_matrix=tcm.mat.cpu().tolist())
-            record["confusion_matrix"] = next(iter(matrices.values())).mat.cpu().tolist()  # the first task's
-            text = (json.dumps(record, indent=2) + "\n").encode()
-            atomic_write(out_path, lambda f: f.write(text))
-    return m
+    if ds.num_classes != len(ck.classes) or ds_heads != ck.heads:
+        what = (f"{ds.num_classes} classes", f"{len(ck.classes)}") if ds.num_classes != len(ck.classes) else \
+            (f"tasks {list(ds_heads or ['one'])}", f"{list(ck.heads or ['one'])}")
+        raise CheckpointError(f"{root} has {what[0]}; checkpoint {cfg.checkpoint} predicts {what[1]}", path=root,
+                              fix="evaluate on the dataset the model was trained for ({dataset}, {data_root})")
+    scored = Subset(ds, range(min(cfg.max_images, len(ds)))) if cfg.max_images else ds
+    return _EvalData(ds, scored, kind, root, split)
 
 
-def _resolve_data(cfg: dict[str, Any], checkpoint: str | Path, dataset: str | None, data_root: str | None,
-                  split: str | None) -> tuple[str, Path, dict[str, Any], str]:
-    """(family, folder, dataset kwargs, split) to evaluate on: what is given, else what the checkpoint was
-    validated on during training (its ``val_dataset``, ``val_data_root`` and ``val_split``)."""
+def _write_record(out: Path, cfg: EvalConfig, ck: Checkpoint, data: _EvalData, m: SegMetrics,
+                  cm: ConfusionMatrix | MultiTaskConfusion) -> None:
+    """The metrics, the settings and the confusion matrix (each task's, for a multi-task model) as JSON."""
+    record = {"checkpoint": str(cfg.checkpoint), "engine": cfg.engine, "onnx": cfg.onnx_file or None,
+              "dataset": data.kind, "root": str(data.root), "split": data.split, "flip": cfg.flip,
+              "scales": list(cfg.scales), "window": cfg.window, "classes": ck.classes, **m.to_dict()}
+    matrices = cm.matrices if isinstance(cm, MultiTaskConfusion) else {"": cm}
+    for t, tcm in matrices.items():  # a multi-task model: each task's classes and matrix too
+        if t:
+            record["tasks"][t].update(classes=ck.tasks[t][0] if ck.tasks else None,
+                                      confusion_matrix=tcm.mat.cpu().tolist())
+    record["confusion_matrix"] = next(iter(matrices.values())).mat.cpu().tolist()  # the first task's
+    text = (json.dumps(record, indent=2) + "\n").encode()
+    atomic_write(out, lambda f: f.write(text))
+
+
+def _resolve_data(cfg: dict[str, Any], checkpoint: str | Path, dataset: str, data_root: str,
+                  split: str) -> tuple[str, Path, dict[str, Any], str]:
+    """(family, folder, dataset kwargs, split) to evaluate on: what is given (empty: not given), else what the
+    checkpoint was validated on during training (its ``val_dataset``, ``val_data_root`` and ``val_split``)."""
     from .config import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)}
     trained = TrainConfig(**{k: v for k, v in cfg.items() if k in names}) if cfg.get("dataset") else None
     if trained is None and not dataset:
-        raise ValueError(f"--checkpoint {checkpoint} does not record its dataset; fix: pass --dataset and --data")
-    if trained is not None and (dataset is None or dataset == trained.resolved_val()[0]):
+        raise ConfigError(f"checkpoint {checkpoint} does not record the dataset it was trained on",
+                          fix="pass {dataset} and {data_root}")
+    if trained is not None and (not dataset or dataset == trained.resolved_val()[0]):
         kind, root, args = trained.resolved_val()
         split = split or trained.val_split
     elif trained is not None and dataset == trained.dataset:

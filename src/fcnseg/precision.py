@@ -15,6 +15,8 @@ import platform
 
 import torch
 
+from .errors import ConfigError
+
 __all__ = ["PRECISIONS", "bf16_native", "resolve_precision", "cpu_model", "machine_summary"]
 
 log = logging.getLogger("fcnseg.precision")
@@ -46,10 +48,11 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu", *, fla
     """``"fp32"`` or ``"bf16"`` for ``precision`` (auto, fp32 or bf16) on ``device``.
 
     ``auto`` is bf16 where :func:`bf16_native` holds, else fp32. An explicit ``bf16`` where it does not is
-    kept, with a warning naming the machine and the fix.
+    kept, with a warning naming the machine and the fix (``flag`` spells the option there). An unknown value
+    raises :class:`~fcnseg.errors.ConfigError`.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"{flag} must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        raise ConfigError(f"unknown precision {precision!r}", fix="set {precision} to auto, fp32 or bf16")
     native = bf16_native(device)
     if precision == "auto":
         return "bf16" if native else "fp32"

@@ -23,13 +23,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import PredictConfig
-from .engine import predict_logits, prepare_inference
-from .errors import PredictionError
+from .errors import CheckpointError, PredictionError
 from .io import DataError, is_image_file, read_image
 from .models import head_labels
 from .outputs import atomic_write, check_output_dir
-from .precision import resolve_precision
 from .progress import Progress
+from .scorer import Scorer, ScorerSpec, make_scorer
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +55,15 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
                 log.warning("%s: skipping %d files that are not images (%s)", item, len(others),
                             ", ".join(suffixes[:6]) + (", ..." if len(suffixes) > 6 else ""))
             if not found:
-                raise FileNotFoundError(f"folder {item} holds no images (e.g. .png, .jpg, .tif, .gif, .webp); "
-                                        f"fix: pass a folder of images")
+                raise DataError(f"folder {item} holds no images (e.g. .png, .jpg, .tif, .gif, .webp)", path=item,
+                                fix="pass image files or folders of images as {inputs}")
             files += found
         elif item.is_file():
             files.append(item)
         else:
-            raise FileNotFoundError(f"input {item} does not exist; fix: pass image files or folders")
+            raise DataError(f"input {item} does not exist", path=item, fix="pass image files or folders as {inputs}")
     if not files:
-        raise FileNotFoundError("no input images given")
+        raise DataError("no input images given", fix="pass image files or folders as {inputs}")
     return files
 
 
@@ -82,7 +81,8 @@ class _Images(Dataset):
             return read_image(self.files[i], max_pixels=self.max_pixels), i, ""  # uint8 (3, H, W)
         except DataError as e:
             if not self.skip_bad:
-                raise DataError(f"{e}, or pass --skip-bad to skip such images") from e
+                raise DataError(e.what, path=e.path, fix=(f"{e.fix}, or " if e.fix else "") +
+                                "turn on {skip_bad} to skip such images") from e
             return None, i, str(e)
 
 
@@ -151,27 +151,37 @@ def _is_out_of_memory(e: BaseException) -> bool:
         or "not enough memory" in text
 
 
+def check_label_range(ck: Checkpoint) -> None:
+    """Raise :class:`~fcnseg.errors.CheckpointError` for a model with more than 256 classes (in a task):
+    label maps are uint8 and label PNGs hold at most 256 palette entries."""
+    for names in ([names for names, _ in ck.tasks.values()] if ck.tasks else [ck.classes]):
+        if len(names) > 256:
+            raise CheckpointError(f"{ck.model_name} has {len(names)} classes; label PNGs hold at most 256",
+                                  fix="predict with a model of at most 256 classes per task")
+
+
 class Predictor:
-    """Class labels for uint8 RGB images, from a checkpoint, with the engine and precision chosen once.
+    """uint8 class labels of uint8 RGB images from a :class:`~fcnseg.scorer.Scorer`, in bounded memory.
 
     ``predictor(image)`` takes a uint8 (3, H, W) tensor and returns uint8 labels (H, W);
     :meth:`labels_batch` takes same-size images (N, 3, H, W). A multi-task model's labels are stacked by task,
     in the order of :attr:`heads`: (T, H, W) and (N, T, H, W). Images over ``tile_pixels`` are predicted in
-    tiles (:func:`predict_labels_tiled`); out of memory becomes a :class:`PredictionError` naming the flag.
+    tiles (:func:`predict_labels_tiled`); out of memory becomes a :class:`PredictionError` naming the option.
+    ``scorer`` may also be a checkpoint (file or loaded), scored by PyTorch in fp32/auto on ``device``.
+    Raises :class:`~fcnseg.errors.CheckpointError` for a model of more than 256 classes (labels are uint8).
     """
 
-    def __init__(self, checkpoint: str | Path | Checkpoint, *, device: str = "", engine: str = "torch",
-                 onnx_file: str | None = None, precision: str = "auto", flip: bool = False, window: int = 0,
-                 tile_pixels: int = DEFAULT_TILE_PIXELS, threads: int = 0):
-        self.ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.tile_pixels = tile_pixels
+    def __init__(self, scorer: Scorer | Checkpoint | str | Path, *, tile_pixels: int = DEFAULT_TILE_PIXELS,
+                 device: str = ""):
+        if not isinstance(scorer, Scorer):
+            scorer = make_scorer(scorer if isinstance(scorer, Checkpoint) else load_checkpoint(scorer), device=device)
+        self.scorer, self.ck, self.device, self.tile_pixels = scorer, scorer.checkpoint, scorer.device, tile_pixels
         self.heads = self.ck.heads  # {task: classes} of a multi-task model, else None
-        self._scores = make_scorer(self.ck, self.device, engine, onnx_file, flip, window, precision, threads)
+        check_label_range(self.ck)
 
     def scores(self, images: torch.Tensor) -> torch.Tensor:
-        """Class scores (N, K, H, W) float32 of uint8 images (N, 3, H, W), on the model's device."""
-        return self._scores(images)
+        """Class scores (N, K, H, W) float32 of uint8 images (N, 3, H, W), on the scorer's device."""
+        return self.scorer(images)
 
     def labels_batch(self, images: torch.Tensor) -> np.ndarray:
         """uint8 labels (N, H, W) of same-size uint8 images (N, 3, H, W); images over ``tile_pixels`` go one by
@@ -196,9 +206,9 @@ class Predictor:
             if not (isinstance(e, MemoryError) or _is_out_of_memory(e)):
                 raise
             h, w = shape[-2], shape[-1]
-            raise PredictionError(
-                f"{name} ({w}x{h}): out of memory on {self.device}; fix: lower --tile-pixels (now "
-                f"{self.tile_pixels:,}, e.g. {self.tile_pixels // 4:,}) or use --device cpu") from e
+            raise PredictionError(f"{name} ({w}x{h}): out of memory on {self.device}",
+                                  fix=f"lower {{tile_pixels}} (now {self.tile_pixels:,}, e.g. "
+                                      f"{self.tile_pixels // 4:,}) or set {{device}} to cpu") from e
 
 
 def run_predict(cfg: PredictConfig, *, progress: bool = True) -> dict[str, Any]:
@@ -215,15 +225,12 @@ def run_predict(cfg: PredictConfig, *, progress: bool = True) -> dict[str, Any]:
 
 def predict_files(ck: Checkpoint, cfg: PredictConfig, *, progress: bool = True) -> dict[str, Any]:
     """:func:`run_predict` with the checkpoint already loaded (``cfg.checkpoint`` is not read)."""
-    inputs, out_dir, overwrite, overlay = cfg.inputs, cfg.out_dir, cfg.overwrite, cfg.overlay
-    skip_bad, max_pixels, workers = cfg.skip_bad, cfg.max_pixels, cfg.workers
-    device, engine, onnx_file, precision = cfg.device, cfg.engine, cfg.onnx_file or None, cfg.precision
-    flip, window, tile_pixels = cfg.flip, cfg.window, cfg.tile_pixels
-    files = collect_inputs(inputs)
-    out = check_output_dir(out_dir, flag="-o", overwrite=overwrite, create=True)
-    predictor = Predictor(ck, device=device, engine=engine, onnx_file=onnx_file, precision=precision, flip=flip,
-                          window=window, tile_pixels=tile_pixels)
-    loader = DataLoader(_Images(files, max_pixels, skip_bad), batch_size=1, num_workers=workers,
+    spec = ScorerSpec(ck, engine=cfg.engine, onnx_file=cfg.onnx_file, precision=cfg.precision, device=cfg.device,
+                      flip=cfg.flip, window=cfg.window)  # the engine settings are refused before any work
+    files = collect_inputs(cfg.inputs)
+    out = check_output_dir(cfg.out_dir, flag="-o", overwrite=cfg.overwrite, create=True)
+    predictor = Predictor(spec.build(), tile_pixels=cfg.tile_pixels)
+    loader = DataLoader(_Images(files, cfg.max_pixels, cfg.skip_bad), batch_size=1, num_workers=cfg.workers,
                         collate_fn=_first)
     used: set[str] = set()
     skipped: list[str] = []
@@ -242,7 +249,7 @@ def predict_files(ck: Checkpoint, cfg: PredictConfig, *, progress: bool = True) 
                 n += 1
                 name = f"{files[i].stem}_{n}"
             used.update((name, f"{name}_overlay"))
-            pending.append(pool.submit(_write, out, name, image.permute(1, 2, 0).numpy(), labels, ck, overlay))
+            pending.append(pool.submit(_write, out, name, image.permute(1, 2, 0).numpy(), labels, ck, cfg.overlay))
             while len(pending) > 4:  # bound the images held for writing (a folder of 24 MP photos)
                 pending.pop(0).result()
         for f in pending:
@@ -252,49 +259,6 @@ def predict_files(ck: Checkpoint, cfg: PredictConfig, *, progress: bool = True) 
         log.warning("skipped %d of %d images that could not be read (--skip-bad)", len(skipped), len(files))
     done = len(files) - len(skipped)
     return {"images": done, "skipped": len(skipped), "seconds": dt, "images_per_s": done / dt}
-
-
-def make_scorer(ck: Checkpoint, dev: torch.device, engine: str, onnx_file: str | None, flip: bool, window: int,
-                precision: str = "auto", threads: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``scores(images)``: uint8 (N, 3, H, W) -> float32 class scores (N, K, H, W) (on the model's device).
-
-    ``threads`` > 0 sets the intra-op threads (ONNX Runtime's session; PyTorch's, which are process-wide).
-    """
-    if engine == "onnxruntime":
-        if ck.heads:
-            raise ValueError(f"--engine onnxruntime: {ck.model_name} has {len(ck.heads)} heads "
-                             f"({', '.join(ck.heads)}); ONNX export is for single-task models: use --engine torch")
-        if not onnx_file:
-            raise ValueError("--engine onnxruntime needs --onnx FILE (made by `fcnseg export`)")
-        if flip or window or precision not in ("auto", "fp32"):
-            raise ValueError("--flip, --window and --precision are for --engine torch; the ONNX file fixes its "
-                             "own precision (export with --int8 for int8)")
-        if not Path(onnx_file).is_file():
-            raise FileNotFoundError(f"--onnx {onnx_file}: no such file")
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if threads > 0:
-            options.intra_op_num_threads = threads
-        sess = ort.InferenceSession(onnx_file, options, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-
-        def run_ort(images: torch.Tensor) -> torch.Tensor:
-            x = ck.normalization(images).numpy()
-            return torch.from_numpy(sess.run(None, {name: x})[0])
-
-        return run_ort
-    if engine != "torch":
-        raise ValueError(f"unknown engine {engine!r}: torch or onnxruntime")
-    if threads > 0:
-        torch.set_num_threads(threads)
-    model = prepare_inference(ck.build_model().to(dev), precision=resolve_precision(precision, dev))
-
-    def run_torch(images: torch.Tensor) -> torch.Tensor:
-        x = ck.normalization(images.to(dev))
-        return predict_logits(model, x, flip=flip, window=window)  # on the device: argmax there, copy labels
-
-    return run_torch
 
 
 def _first(batch: list[Any]) -> Any:

@@ -1,8 +1,10 @@
 """The HTTP routes (thin): ``POST /v1/segment``, ``GET /v1/model``, ``/healthz``, ``/metrics`` and the page.
 
 Every refusal is ``{"error": "<one line>"}`` with its status: 400 malformed request, 413 body over
-``--max-bytes``, 415 not an image type, 422 bytes that are no readable image or over ``--max-pixels``,
-503 warming up or queue full (``Retry-After``), 504 past ``--timeout``.
+``max_bytes``, 415 not an image type, 422 bytes that are no readable image or over ``max_pixels``,
+503 warming up or queue full (``Retry-After``), 504 past ``timeout_s`` (:class:`~fcnseg.serve.config.ServeConfig`).
+The line names what was wrong with the request and never a server option: a client cannot set those
+(:func:`fcnseg.serve.errors.client_message`).
 """
 
 from __future__ import annotations

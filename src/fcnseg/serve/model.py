@@ -1,61 +1,47 @@
 """Images in, label maps out: the one inference function the service batches,
-:meth:`fcnseg.predict.Predictor.labels_batch` (the same code path as ``fcnseg predict``)."""
+:meth:`fcnseg.predict.Predictor.labels_batch` over a :class:`fcnseg.scorer.Scorer` (the code path of
+``fcnseg predict``). The engine rules are the scorer's (:class:`fcnseg.scorer.ScorerSpec`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..checkpoint import Checkpoint
-from ..precision import PRECISIONS
 from ..predict import DEFAULT_TILE_PIXELS, Predictor
+from ..scorer import ScorerSpec
 
 Labeler = Callable[[torch.Tensor], np.ndarray]
 """uint8 (N, 3, H, W) RGB images -> uint8 (N, H, W) class indices."""
 
-
-def check_engine(engine: str, onnx_file: str | None, precision: str) -> None:
-    """Raise ``ValueError`` / ``FileNotFoundError`` (one line) for an engine setting that cannot run."""
-    if engine not in ("torch", "onnxruntime"):
-        raise ValueError(f"unknown engine {engine!r}: torch or onnxruntime")
-    if precision not in PRECISIONS:
-        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if engine == "torch":
-        if onnx_file:
-            raise ValueError("--onnx is for --engine onnxruntime")
-        return
-    if not onnx_file:
-        raise ValueError("--engine onnxruntime needs --onnx FILE (made by `fcnseg export --format onnx`)")
-    if precision not in ("auto", "fp32"):
-        raise ValueError("--precision is for --engine torch; the ONNX file fixes its own precision")
-    if not Path(onnx_file).is_file():
-        raise FileNotFoundError(f"--onnx {onnx_file}: no such file")
+SERVICE_USE = "the service, which answers one label map per image,"
+"""How a refusal of a multi-task model names the service (:func:`fcnseg.scorer.require_single_task`)."""
 
 
-def check_single_task(ck: Checkpoint) -> None:
-    """Raise ``ValueError`` (one line) for a multi-task checkpoint: the service answers one label map."""
-    if ck.heads:
-        raise ValueError(f"{ck.model_name} has {len(ck.heads)} heads ({', '.join(ck.heads)}): the service answers "
-                         f"one label map per image, so it serves single-task models only; use `fcnseg predict`, "
-                         f"which writes a map per task")
+def serve_spec(ck: Checkpoint, *, engine: str = "torch", onnx_file: str = "", precision: str = "auto",
+               threads: int = 0, device: str = "cpu") -> ScorerSpec:
+    """The checked scorer request of a served model (fast, no model built): single-task, no test-time
+    augmentation. Raises :class:`~fcnseg.errors.ConfigError` / :class:`~fcnseg.errors.CheckpointError`."""
+    return ScorerSpec(ck, engine=engine, onnx_file=onnx_file, precision=precision, device=device, threads=threads,
+                      single_task_for=SERVICE_USE)
 
 
-def load_labeler(ck: Checkpoint, *, engine: str = "torch", onnx_file: str | None = None,
-                 precision: str = "auto", threads: int = 0, tile_pixels: int = DEFAULT_TILE_PIXELS,
-                 device: str = "cpu") -> Labeler:
-    """The checkpoint's model as a :data:`Labeler`, on the CPU, under PyTorch or ONNX Runtime: the same
-    :class:`fcnseg.predict.Predictor` that ``fcnseg predict`` uses (images over ``tile_pixels`` are tiled).
+def build_labeler(spec: ScorerSpec, tile_pixels: int = DEFAULT_TILE_PIXELS) -> Labeler:
+    """Load the model of ``spec`` (seconds) as a :data:`Labeler`; images over ``tile_pixels`` are tiled."""
+    return Predictor(spec.build(), tile_pixels=tile_pixels).labels_batch
+
+
+def load_labeler(ck: Checkpoint, *, engine: str = "torch", onnx_file: str = "", precision: str = "auto",
+                 threads: int = 0, tile_pixels: int = DEFAULT_TILE_PIXELS, device: str = "cpu") -> Labeler:
+    """The checkpoint's model as a :data:`Labeler`, under PyTorch or ONNX Runtime: :func:`serve_spec`, then
+    :func:`build_labeler`.
 
     ``engine="onnxruntime"`` runs ``onnx_file`` (made by ``fcnseg export``: dynamic batch and size) with the
-    checkpoint's normalisation; ``precision`` (fp32 or bf16) is for ``engine="torch"``. ``threads`` > 0 sets
-    the intra-op threads (torch's are process-wide); ``device`` ("" = cuda if available) is for
-    ``engine="torch"`` (labels come back on the CPU either way). Settings that cannot run raise as :func:`check_engine`.
+    checkpoint's normalisation; ``precision`` (auto, fp32 or bf16) and ``device`` ("" = cuda if available) are
+    for ``engine="torch"`` (labels come back on the CPU either way). ``threads`` > 0 sets the intra-op threads
+    (torch's are process-wide).
     """
-    check_engine(engine, onnx_file, precision)
-    check_single_task(ck)
-    predictor = Predictor(ck, device=device, engine=engine, onnx_file=onnx_file, precision=precision,
-                          tile_pixels=tile_pixels, threads=threads)
-    return predictor.labels_batch
+    spec = serve_spec(ck, engine=engine, onnx_file=onnx_file, precision=precision, threads=threads, device=device)
+    return build_labeler(spec, tile_pixels)

@@ -22,13 +22,14 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_checkpoint
+from ..errors import ConfigError
 from ..io import DataError, read_image
-from ..predict import overlay_image, palette_image
+from ..predict import check_label_range, overlay_image, palette_image
 from .batcher import Batcher, BatcherClosed, BatchResult, QueueFull
 from .config import ServeConfig
-from .errors import ApiError
+from .errors import ApiError, client_message
 from .metrics import Metrics
-from .model import Labeler, check_engine, check_single_task, load_labeler
+from .model import Labeler, build_labeler, serve_spec
 
 __all__ = ["Service", "FORMATS", "choose_format"]
 
@@ -118,18 +119,19 @@ class Service:
     """The served model and its batcher; ``start()`` loads and warms up in the background (``ready`` then)."""
 
     def __init__(self, cfg: ServeConfig):
-        """Read the checkpoint and check the settings (fast, raises with a one-line message); no model yet."""
-        check_engine(cfg.engine, cfg.onnx, cfg.precision)
+        """Read the checkpoint and check the settings (fast; a refusal raises a one-line family error); no model
+        yet."""
         for name in ("max_batch", "queue_size", "max_pixels", "max_bytes"):
             if getattr(cfg, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+                raise ConfigError(f"{name} is {getattr(cfg, name)}", fix=f"set {{{name}}} to 1 or more")
         if cfg.timeout_s <= 0 or cfg.max_wait_ms < 0:
-            raise ValueError("--timeout must be > 0 and --max-wait-ms >= 0")
+            raise ConfigError(f"timeout {cfg.timeout_s:g} s or max_wait_ms {cfg.max_wait_ms:g} is out of range",
+                              fix="set {timeout_s} above 0 and {max_wait_ms} to 0 or more")
         self.cfg = cfg
         self.ck = load_checkpoint(cfg.checkpoint)
-        check_single_task(self.ck)
-        if len(self.ck.classes) > 256:
-            raise ValueError(f"{cfg.checkpoint}: {len(self.ck.classes)} classes; label PNGs hold at most 256")
+        self.spec = serve_spec(self.ck, engine=cfg.engine, onnx_file=cfg.onnx or "", precision=cfg.precision,
+                               threads=cfg.threads or inference_threads(), device=cfg.device)
+        check_label_range(self.ck)
         self.batcher: Batcher | None = None
         self.load_error: str | None = None
         self._ready = threading.Event()
@@ -147,8 +149,7 @@ class Service:
     def _load(self) -> None:
         cfg = self.cfg
         try:
-            labeler = load_labeler(self.ck, engine=cfg.engine, onnx_file=cfg.onnx, precision=cfg.precision,
-                                   threads=cfg.threads or inference_threads(), device=cfg.device)
+            labeler = build_labeler(self.spec)
             if cfg.test_delay_ms > 0:
                 labeler = _delayed(labeler, cfg.test_delay_ms / 1000)
             t0 = time.perf_counter()
@@ -158,7 +159,7 @@ class Service:
                                    queue_size=cfg.queue_size, on_batch=self.metrics.observe_batch)
             self._ready.set()
         except Exception as e:  # noqa: BLE001 - reported by /healthz and the log; the process stays up to say so
-            self.load_error = f"model failed to load: {type(e).__name__}: {e}"
+            self.load_error = f"model failed to load: {client_message(e)}"
             log.exception("model failed to load")
 
     def close(self) -> None:
@@ -197,15 +198,14 @@ class Service:
         try:
             return await asyncio.wait_for(self._segment(self.batcher, data, fmt), self.cfg.timeout_s)
         except TimeoutError:
-            raise ApiError(504, f"request took longer than the {self.cfg.timeout_s:g} s limit (server flag "
-                           "--timeout)") from None
+            raise ApiError(504, f"request took longer than the server's limit of {self.cfg.timeout_s:g} s") from None
 
     async def _segment(self, batcher: Batcher, data: bytes, fmt: str) -> Encoded:
         t0 = time.perf_counter()
         try:
             image = await asyncio.to_thread(read_image, data, max_pixels=self.cfg.max_pixels)  # uint8 (3, H, W)
-        except DataError as e:
-            raise ApiError(422, str(e)) from None
+        except DataError as e:  # the fix names the server's options (max_pixels), which a client cannot pass
+            raise ApiError(422, client_message(e)) from None
         decode_ms = (time.perf_counter() - t0) * 1000
         try:
             future = batcher.submit(image)
@@ -214,7 +214,7 @@ class Service:
         try:
             result = await asyncio.wrap_future(future)  # cancelled on time-out: the batcher then skips it
         except Exception as e:  # noqa: BLE001 - the labeler's error, logged by the batcher
-            raise ApiError(500, f"inference failed: {type(e).__name__}: {e}") from None
+            raise ApiError(500, f"inference failed: {client_message(e)}") from None
         timing = {"decode": decode_ms, "queue": result.queued_s * 1000, "inference": result.inference_s * 1000}
         return await asyncio.to_thread(self._encode, image, result, fmt, timing, t0)
 
