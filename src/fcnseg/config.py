@@ -1,4 +1,8 @@
-"""Training configuration: one dataclass holds every default, each with its reason.
+"""Every command's options: one dataclass per command, each default with its reason (``fcnseg.options``).
+
+``TrainConfig`` is ``fcnseg train``'s; ``EvalConfig``, ``PredictConfig``, ``ExportConfig``, ``ConvertConfig``,
+``HhaConfig`` and ``ModelsConfig`` the other commands' (``ServeConfig`` lives with the service). The CLI's
+flags and their help are generated from these fields.
 
 Two named recipes (``RECIPES``) override the defaults:
 
@@ -15,75 +19,95 @@ Precedence: dataclass defaults < recipe < config file (YAML/JSON) < command-line
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
+
+from .errors import ConfigError
+from .options import CheckData, Engine, Precision, check_choices, check_known, opt, read_mapping, scales, shared
 
 
 def default_data_root() -> str:
     return os.environ.get("FCNSEG_DATA", "../shared/data")
 
 
+Recipe = Literal["paper", "modern"]
+
+
 @dataclass
 class TrainConfig:
+    """``fcnseg train``'s options: every default with its reason (``help``), flags generated from the fields."""
+
     # --- data ---
-    dataset: str = "camvid"  # dataset family: voc, sbd, camvid, folder
-    data_root: str = ""  # dataset folder; empty = $FCNSEG_DATA/<dataset>
-    train_split: str = "train"  # split used for training
-    val_split: str = "val"  # split used for validation and model selection
-    val_dataset: str = ""  # family of the validation set; empty = dataset (the paper: train sbd, val voc)
-    val_data_root: str = ""  # its folder; empty = data_root when the family is the same, else $FCNSEG_DATA/<family>
-    dataset_args: dict[str, Any] = field(default_factory=dict)  # extra dataset kwargs (folder: binary, classes...)
-    skip_bad: bool = False  # skip unreadable or inconsistent samples (logged, counted; data checked in full first)
-    check_data: str = "labels"  # check all data before training: headers, labels (decode masks), full, or off
-    max_pixels: int = 50_000_000  # largest image read (width x height); larger files are bad samples
-    workers: int = 2  # data-loading processes, kept for the whole run; augmentation overlaps compute
-    cache: str = "auto"  # keep decoded training images in memory: auto (if they fit), on, off
+    dataset: str = shared("dataset", "camvid")
+    data_root: str = shared("data_root", note="empty = $FCNSEG_DATA/<dataset>")
+    train_split: str = opt("train", "split used for training")
+    val_split: str = opt("val", "split used for validation and model selection")
+    val_dataset: str = opt("", "family of the validation set; empty = dataset (the paper: train sbd, val voc)")
+    val_data_root: str = opt("", "its folder; empty = data_root when the family is the same, else "
+                             "$FCNSEG_DATA/<family>")
+    dataset_args: dict[str, Any] = shared("dataset_args")
+    skip_bad: bool = shared("skip_bad", note="training checks the data in full first")
+    check_data: CheckData = shared("check_data", "labels", note="training reads every mask anyway, so a bad one "
+                                   "is found before hours are spent")
+    max_pixels: int = shared("max_pixels")
+    workers: int = shared("workers", note="kept for the whole run; augmentation overlaps compute")
+    cache: Literal["auto", "on", "off"] = opt("auto", "keep decoded training images in memory: auto (if they "
+                                              "fit), on, off")
     # --- model ---
-    model: str = "fcn8s"  # registry name (fcnseg.models.list_models())
-    model_args: dict[str, Any] = field(default_factory=dict)  # extra factory kwargs (width, pretrained...)
-    init_from: str = ""  # checkpoint to start from by layer name (staged 32s -> 16s -> 8s, section 4.2)
-    normalization: str = ""  # input normalisation; empty = the one the weights expect
-    freeze_encoder: bool = False  # train only the head on a frozen encoder (the paper's "FCN-32s-fixed")
+    model: str = opt("fcn8s", "registry name (`fcnseg models --names`)")
+    model_args: dict[str, Any] = shared("model_args")
+    init_from: str = opt("", "checkpoint to start from by layer name (staged 32s -> 16s -> 8s, section 4.2)")
+    normalization: str = opt("", "input normalisation; empty = the one the weights expect")
+    freeze_encoder: bool = opt(False, "train only the head on a frozen encoder (the paper's \"FCN-32s-fixed\")")
     # --- optimisation ---
-    recipe: str = "modern"  # named preset applied before any override: paper or modern
-    batch_size: int = 8  # images per step (per process under DDP)
-    loss: str = "mean"  # "sum" over pixels (the reference, lr ~1e-10) or "mean" over valid pixels
-    optimizer: str = "sgd"  # sgd or adamw
-    lr: float = 0.01  # base learning rate
-    momentum: float = 0.9  # SGD momentum (0.99 in the paper with batch 1)
-    weight_decay: float = 1e-4  # L2 on weights (5e-4 in the paper)
-    bias_lr_mult: float = 1.0  # the paper trains biases at twice the rate
-    bias_decay: bool = False  # biases (and norm parameters) are not decayed
-    schedule: str = "poly"  # constant (paper) or poly
-    poly_power: float = 0.9  # exponent of polynomial decay
-    warmup_steps: int = -1  # linear warm-up steps; -1 = auto: 50 if batch norm is frozen (it diverged without), else 0
-    class_weights: str = "none"  # none, or median_freq: rare classes weigh more (SegNet's CamVid balancing)
-    ema_decay: float = 0.0  # exponential moving average of the weights, validated and saved; 0 = off (try 0.999)
-    max_steps: int = 2000  # optimisation steps in all
-    stop_at: int = 0  # stop (with a checkpoint) at this step, keeping max_steps' schedule; resume later; 0 = off
-    precision: str = "auto"  # autocast: auto = bf16 where native (bf16 GPU, AVX512-BF16/AMX CPU), else fp32; fp32; bf16
-    channels_last: bool = True  # NHWC activations: oneDNN's fast layout (1.5x per CPU step, benchmarks/RESULTS.md)
-    batch_norm: str = "auto"  # auto = frozen (statistics fixed, folded into convs) for a trained encoder, else train
-    compile: bool = False  # torch.compile the training step (fuses batch norm and activations; ~1-2 min to compile)
+    recipe: Recipe = opt("modern", "named preset applied before any override: paper (the reference solver) or "
+                         "modern (batched crops, poly decay)")
+    batch_size: int = opt(8, "images per step (per process under DDP)")
+    loss: Literal["sum", "mean"] = opt("mean", "sum over pixels (the reference, lr ~1e-10) or mean over valid "
+                                       "pixels")
+    optimizer: Literal["sgd", "adamw"] = opt("sgd", "sgd or adamw")
+    lr: float = opt(0.01, "base learning rate")
+    momentum: float = opt(0.9, "SGD momentum (0.99 in the paper with batch 1)")
+    weight_decay: float = opt(1e-4, "L2 on weights (5e-4 in the paper)")
+    bias_lr_mult: float = opt(1.0, "learning-rate factor of biases; the paper trains them at twice the rate")
+    bias_decay: bool = opt(False, "decay biases (and norm parameters) too; off, as in the paper")
+    schedule: Literal["constant", "poly"] = opt("poly", "constant (paper) or poly")
+    poly_power: float = opt(0.9, "exponent of polynomial decay")
+    warmup_steps: int = opt(-1, "linear warm-up steps; -1 = auto: 50 if batch norm is frozen (it diverged "
+                            "without), else 0")
+    class_weights: Literal["none", "median_freq"] = opt("none", "none, or median_freq: rare classes weigh more "
+                                                        "(SegNet's CamVid balancing)")
+    ema_decay: float = opt(0.0, "exponential moving average of the weights, validated and saved; 0 = off (try "
+                           "0.999)")
+    max_steps: int = opt(2000, "optimisation steps in all")
+    stop_at: int = opt(0, "stop (with a checkpoint) at this step, keeping max_steps' schedule; resume later; "
+                       "0 = off")
+    precision: Precision = shared("precision")
+    channels_last: bool = opt(True, "NHWC activations: oneDNN's fast layout (1.5x per CPU step, "
+                              "benchmarks/RESULTS.md)")
+    batch_norm: Literal["auto", "train", "frozen"] = opt("auto", "auto = frozen (statistics fixed) for a "
+                                                         "trained encoder, else train")
+    compile: bool = opt(False, "torch.compile the training step (fuses batch norm and activations; ~1-2 min to "
+                        "compile)")
     # --- augmentation ---
-    crop_size: int = 320  # random crop side; 0 = whole images (batches padded with the ignore label)
-    scale_min: float = 0.5  # random scale range
-    scale_max: float = 2.0
-    hflip: bool = True  # random horizontal flip
-    color_jitter: float = 0.0  # brightness/contrast/saturation jitter strength
+    crop_size: int = opt(320, "random crop side; 0 = whole images (batches padded with the ignore label)")
+    scale_min: float = opt(0.5, "random scale range, low end")
+    scale_max: float = opt(2.0, "random scale range, high end")
+    hflip: bool = opt(True, "random horizontal flip")
+    color_jitter: float = opt(0.0, "brightness/contrast/saturation jitter strength")
     # --- bookkeeping ---
-    val_every: int = 500  # steps between validations (and checkpoints)
-    log_every: int = 10  # steps between log lines
-    max_val_images: int = 0  # 0 = the whole validation split
-    out_dir: str = "runs/train"  # run folder: checkpoints, logs, config
-    overwrite: bool = False  # allow writing into an existing, non-empty run folder
-    seed: int = 0  # seeds model init, sampling and augmentation
-    device: str = ""  # cuda / cpu; empty = cuda if available
-    dist_timeout: int = 600  # seconds a process waits for the others (torchrun) before naming the stalled rank
-    resume: str = ""  # checkpoint to resume from (model, optimiser, scheduler, step, sampler, RNG)
+    val_every: int = opt(500, "steps between validations (and checkpoints)")
+    log_every: int = opt(10, "steps between log lines")
+    max_val_images: int = opt(0, "0 = the whole validation split")
+    out_dir: str = opt("runs/train", "run folder: checkpoints, log.jsonl, tensorboard/, config.json", flag="--out")
+    overwrite: bool = shared("overwrite", note="allows writing into an existing, non-empty run folder")
+    seed: int = opt(0, "seeds model init, sampling and augmentation")
+    device: str = shared("device")
+    dist_timeout: int = opt(600, "seconds a process waits for the others (torchrun) before naming the stalled "
+                            "rank")
+    resume: str = opt("", "checkpoint to resume from (model, optimiser, scheduler, step, sampler, RNG)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,17 +147,22 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def make_config(recipe: str | None = None, file: str | None = None, **overrides: Any) -> TrainConfig:
+assert set(get_args(Recipe)) == set(RECIPES), "every recipe is a choice of TrainConfig.recipe"
+
+
+def make_config(recipe: str | None = None, file: str | Path | None = None, **overrides: Any) -> TrainConfig:
     """Resolve a config: defaults, then the recipe, then ``file`` (YAML or JSON), then ``overrides``.
 
     The recipe is ``recipe`` if given, else the file's ``recipe`` key, else ``"modern"``. Overrides of
     ``None`` are ignored (unset flags); ``model_args`` and ``dataset_args`` are merged key by key. Unknown
-    keys are errors naming the key, so a typo never silently falls back to a default.
+    keys and values outside an option's choices or range are :class:`~fcnseg.errors.ConfigError` naming the
+    option, so a typo never silently falls back to a default.
     """
-    from_file = _read_file(Path(file)) if file else {}
+    from_file = read_mapping(file) if file else {}
     recipe = recipe or from_file.get("recipe") or "modern"
     if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+        raise ConfigError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}",
+                          fix="choose " + " or ".join(RECIPES) + " for {recipe}")
     values: dict[str, Any] = {"recipe": recipe, **RECIPES[recipe]}
     given = {k: v for k, v in overrides.items() if v is not None}
     for layer in (from_file, given):
@@ -144,10 +173,7 @@ def make_config(recipe: str | None = None, file: str | None = None, **overrides:
                 values[k] = v
     values["recipe"] = recipe
     _translate_legacy(values)
-    names = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"unknown config keys {unknown}; known: {sorted(names)}")
+    check_known(TrainConfig, values, f"config file {file}" if file else "train options")
     cfg = replace(TrainConfig(), **values)
     if recipe == "paper" and "lr" not in given and "lr" not in from_file:
         cfg.lr = paper_lr(cfg.model)  # the reference's rate for the summed loss of this net's stage
@@ -166,51 +192,30 @@ def _translate_legacy(values: dict[str, Any]) -> None:
             values["precision"] = "fp32"
 
 
-def _read_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text)
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping of keys to values")
-    return data
-
-
 def _validate(cfg: TrainConfig) -> None:
-    checks = [
-        (cfg.loss in ("sum", "mean"), f"loss must be 'sum' or 'mean', not {cfg.loss!r}"),
-        (cfg.optimizer in ("sgd", "adamw"), f"optimizer must be 'sgd' or 'adamw', not {cfg.optimizer!r}"),
-        (cfg.schedule in ("constant", "poly"), f"schedule must be 'constant' or 'poly', not {cfg.schedule!r}"),
-        (cfg.batch_size >= 1, "batch_size must be at least 1"),
-        (cfg.max_steps >= 1, "max_steps must be at least 1"),
-        (0 <= cfg.stop_at <= cfg.max_steps, "stop_at must lie between 0 (off) and max_steps"),
-        (cfg.lr > 0, "lr must be positive"),
-        (cfg.val_every >= 1, "val_every must be at least 1"),
-        (cfg.log_every >= 1, "log_every must be at least 1"),
-        (cfg.workers >= 0, "workers must be 0 or more"),
-        (cfg.check_data in ("headers", "labels", "full", "off"),
-         f"check_data must be headers, labels, full or off, not {cfg.check_data!r}"),
-        (cfg.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, not {cfg.precision!r}"),
-        (cfg.class_weights in ("none", "median_freq"),
-         f"class_weights must be none or median_freq, not {cfg.class_weights!r}"),
-        (0 <= cfg.ema_decay < 1, "ema_decay must lie in [0, 1): 0 is off, 0.999 a common choice"),
-        (cfg.warmup_steps >= -1, "warmup_steps must be -1 (auto), 0 (off) or a number of steps"),
-        (cfg.batch_norm in ("auto", "train", "frozen"),
-         f"batch_norm must be auto, train or frozen, not {cfg.batch_norm!r}"),
-        (cfg.cache in ("auto", "on", "off"), f"cache must be auto, on or off, not {cfg.cache!r}"),
-        (cfg.max_pixels >= 1, "max_pixels must be at least 1"),
-        (cfg.dist_timeout >= 1, "dist_timeout must be at least 1 second"),
-        (cfg.crop_size >= 0, "crop_size must be 0 (whole images) or a side in pixels"),
-        (0 < cfg.scale_min <= cfg.scale_max, "need 0 < scale_min <= scale_max"),
+    """Choices come from the fields' ``Literal`` types; ranges are checked here, each naming its option."""
+    check_choices(cfg)
+    checks = [  # (holds, option, what is wrong, what to set)
+        (cfg.batch_size >= 1, "batch_size", "must be at least 1", "1 or more"),
+        (cfg.max_steps >= 1, "max_steps", "must be at least 1", "1 or more"),
+        (0 <= cfg.stop_at <= cfg.max_steps, "stop_at", "must lie between 0 (off) and max_steps",
+         "0 (off) or a step up to max_steps"),
+        (cfg.lr > 0, "lr", "must be positive", "a positive rate"),
+        (cfg.val_every >= 1, "val_every", "must be at least 1", "1 or more"),
+        (cfg.log_every >= 1, "log_every", "must be at least 1", "1 or more"),
+        (cfg.workers >= 0, "workers", "must be 0 or more", "0 or more"),
+        (0 <= cfg.ema_decay < 1, "ema_decay", "must lie in [0, 1)", "0 (off) or e.g. 0.999"),
+        (cfg.warmup_steps >= -1, "warmup_steps", "must be -1 (auto), 0 (off) or a number of steps",
+         "-1, 0 or a number of steps"),
+        (cfg.max_pixels >= 1, "max_pixels", "must be at least 1", "1 or more"),
+        (cfg.dist_timeout >= 1, "dist_timeout", "must be at least 1 second", "1 or more seconds"),
+        (cfg.crop_size >= 0, "crop_size", "must be 0 (whole images) or a side in pixels", "0 or a side"),
+        (0 < cfg.scale_min <= cfg.scale_max, "scale_min", "and scale_max: need 0 < scale_min <= scale_max",
+         "0 < scale_min <= scale_max"),
     ]
-    for ok, msg in checks:
+    for ok, name, what, to in checks:
         if not ok:
-            raise ValueError(msg)
+            raise ConfigError(f"{name} {what}, not {getattr(cfg, name)!r}", fix=f"set {{{name}}} to {to}")
 
 
 @dataclass
@@ -218,43 +223,99 @@ class EvalConfig:
     """``fcnseg eval``'s options (``fcnseg.evaluate.run_eval``). Empty dataset/data_root/split: the checkpoint's
     validation set."""
 
-    checkpoint: str = ""  # fcnseg checkpoint (.pt); gives the classes and, for engine=torch, the weights
-    dataset: str = ""  # dataset family; empty = the checkpoint's validation set
-    data_root: str = ""  # dataset folder; empty = the checkpoint's validation folder
-    split: str = ""  # split to score; empty = the checkpoint's validation split
-    dataset_args: dict[str, Any] = field(default_factory=dict)  # extra dataset kwargs
-    out: str = ""  # JSON file for the metrics and the confusion matrix (checked before any work)
-    overwrite: bool = False  # replace out if it exists
-    engine: str = "torch"  # torch: the checkpoint's weights; onnxruntime: the exported onnx_file
-    onnx_file: str = ""  # ONNX file for engine=onnxruntime (made by `fcnseg export`)
-    flip: bool = False  # average with the mirrored prediction (torch engine)
-    scales: tuple[float, ...] = (1.0,)  # multi-scale test-time augmentation factors (torch engine)
-    precision: str = "auto"  # auto = bf16 where native, else fp32; fp32; bf16
-    window: int = 0  # sliding-window side in pixels (0 = whole images)
-    device: str = ""  # cpu, cuda, cuda:1; empty = cuda if available
-    workers: int = 2  # data-loading processes
-    skip_bad: bool = False  # skip unreadable or inconsistent samples (counted) instead of stopping
-    check_data: str = "headers"  # validate the split before scoring: headers, labels, full, off
-    max_pixels: int = 50_000_000  # largest image read (width x height)
-    max_images: int = 0  # evaluate only the first N images (0 = all)
+    checkpoint: str = shared("checkpoint", note="for engine torch also the weights")
+    dataset: str = shared("dataset", note="empty = the checkpoint's validation set")
+    data_root: str = shared("data_root", note="empty = the checkpoint's validation folder")
+    split: str = opt("", "split to score; empty = the checkpoint's validation split")
+    dataset_args: dict[str, Any] = shared("dataset_args")
+    out: str = opt("", "JSON file for the metrics and the confusion matrix (checked before any work)")
+    overwrite: bool = shared("overwrite")
+    engine: Engine = shared("engine")
+    onnx_file: str = shared("onnx_file")
+    flip: bool = shared("flip", note="torch engine")
+    scales: tuple[float, ...] = opt((1.0,), "multi-scale test-time augmentation: average the predictions at "
+                                    "these resize factors, e.g. 0.75,1,1.25 (torch engine)", metavar="S,S,...",
+                                    parse=scales)
+    precision: Precision = shared("precision")
+    window: int = shared("window")
+    device: str = shared("device")
+    workers: int = shared("workers")
+    skip_bad: bool = shared("skip_bad")
+    check_data: CheckData = shared("check_data")
+    max_pixels: int = shared("max_pixels")
+    max_images: int = opt(0, "evaluate only the first N images (0 = all)")
 
 
 @dataclass
 class PredictConfig:
     """``fcnseg predict``'s options (``fcnseg.predict.run_predict``)."""
 
-    checkpoint: str = ""  # fcnseg checkpoint (.pt)
-    inputs: list[str] = field(default_factory=list)  # image files or folders (searched recursively)
-    out_dir: str = ""  # output folder (checked before any work)
-    overlay: bool = True  # also write <stem>_overlay.png
-    overwrite: bool = False  # write into a non-empty output folder
-    skip_bad: bool = False  # skip unreadable images (counted) instead of stopping
-    flip: bool = False  # average with the mirrored prediction
-    window: int = 0  # sliding-window side in pixels, averaged (0 = off)
-    tile_pixels: int = 1024 * 1024  # images with more pixels are predicted in tiles of about this many
-    max_pixels: int = 50_000_000  # largest image read (width x height); larger files are refused
-    device: str = ""  # cpu, cuda, cuda:1; empty = cuda if available
-    workers: int = 2  # image-decoding processes
-    engine: str = "torch"  # torch: the checkpoint's weights; onnxruntime: the exported onnx_file
-    onnx_file: str = ""  # ONNX file for engine=onnxruntime
-    precision: str = "auto"  # auto = bf16 where native, else fp32; fp32; bf16
+    checkpoint: str = shared("checkpoint")
+    inputs: list[str] = opt(help="image files or folders (searched recursively)", default_factory=list,
+                            positional=True, required=True)
+    out_dir: str = opt("", "output folder (checked before any work)", flag="--out", short="-o", required=True)
+    overlay: bool = opt(True, "also write <stem>_overlay.png (--no-overlay: only the label PNGs)")
+    overwrite: bool = shared("overwrite", note="writes into a non-empty output folder")
+    skip_bad: bool = shared("skip_bad")
+    flip: bool = shared("flip")
+    window: int = shared("window")
+    tile_pixels: int = opt(1024 * 1024, "images with more pixels are predicted in tiles of about this many "
+                           "(bounds memory)")
+    max_pixels: int = shared("max_pixels")
+    device: str = shared("device")
+    workers: int = shared("workers")
+    engine: Engine = shared("engine")
+    onnx_file: str = shared("onnx_file")
+    precision: Precision = shared("precision")
+
+
+@dataclass
+class ExportConfig:
+    """``fcnseg export``'s options (mapped onto ``fcnseg.export.export_model``)."""
+
+    checkpoint: str = shared("checkpoint", positional=True)
+    out: str = opt("", "output file (.onnx or .pt)", short="-o", required=True)
+    format: Literal["auto", "onnx", "torchscript"] = opt("auto", "auto: from the suffix of out (.onnx -> onnx, "
+                                                         ".pt/.ts -> torchscript)")
+    opset: int = opt(18, "ONNX opset version")
+    int8: list[str] = opt(help="quantise the ONNX graph to int8 (ONNX Runtime, static), calibrating on these "
+                          "image files or folders (e.g. training images)", default_factory=list,
+                          metavar="IMAGES")
+    calibration_images: int = opt(32, "at most this many images for int8")
+    overwrite: bool = shared("overwrite")
+
+
+@dataclass
+class ConvertConfig:
+    """``fcnseg convert``'s options: weights made elsewhere into a self-describing checkpoint."""
+
+    format: Literal["caffe", "torchvision"] = opt("caffe", "what source is", positional=True)
+    source: str = opt("", ".caffemodel or .pth file", positional=True, required=True)
+    out: str = opt("", "checkpoint to write (.pt)", short="-o", required=True)
+    model: str = opt("", "registry name the weights become, e.g. fcn8s, fcn32s", required=True)
+    num_classes: int | None = opt(None, "default: score_fr's outputs in the file, or 21 (PASCAL VOC)")
+    classes: str = opt("", "text file of class names, one per line")
+    model_args: dict[str, Any] = shared("model_args")
+    overwrite: bool = shared("overwrite")
+
+
+@dataclass
+class HhaConfig:
+    """``fcnseg hha``'s options: depth PNGs into HHA images."""
+
+    depth: list[str] = opt(help="depth PNGs (16-bit, depth_scale units a metre)", default_factory=list,
+                           positional=True, required=True)
+    out: str = opt("", "output folder", short="-o", required=True)
+    depth_scale: float = opt(1000.0, "depth units a metre (1000: millimetres)")
+    fx: float | None = opt(None, "camera focal length x in pixels (default: NYUDv2's)")
+    fy: float | None = opt(None, "camera focal length y in pixels (default: NYUDv2's)")
+    cx: float | None = opt(None, "camera principal point x in pixels (default: NYUDv2's)")
+    cy: float | None = opt(None, "camera principal point y in pixels (default: NYUDv2's)")
+    overwrite: bool = shared("overwrite")
+
+
+@dataclass
+class ModelsConfig:
+    """``fcnseg models``'s options."""
+
+    names: bool = opt(False, "only the registered names, one a line")
