@@ -5,9 +5,11 @@ its flags, their help, choices and defaults are generated from the fields (:mod:
 ``--config FILE`` (YAML or JSON mapping of field names) works for train, eval, predict, export and serve:
 defaults < file < flags (train: < recipe < file < flags).
 
-Errors reach the user as one line that names the file or flag and says the fix; ``--debug`` shows the
-traceback instead. Exit codes: 0 done, 2 refused (bad input, output or arguments), 1 an unexpected failure,
-130 interrupted (SIGINT/SIGTERM; training saved ``last.pt`` first).
+Errors reach the user as one line; ``--debug`` shows the traceback instead. Only fcnseg's own errors
+(:mod:`fcnseg.errors`) are refusals: their fix names options by field, spelled here as this command's flags.
+Exit codes: 0 done, 2 refused (bad input, output or options), 1 a failure while working (prediction, a
+process of a multi-process run, a diverged loss, out of memory) or a bug ("unexpected ...: rerun with
+--debug"), 130 interrupted (SIGINT/SIGTERM; training saved ``last.pt`` first).
 """
 
 from __future__ import annotations
@@ -300,24 +302,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return fail("error: out of memory; fix: lower --tile-pixels or --max-pixels (predict, eval, serve), "
                     "--batch-size or --crop-size (train), or free memory", 1)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, NotADirectoryError, PermissionError) as e:
+    except Exception as e:  # noqa: BLE001 - not fcnseg's refusal: a bug, shown in one line unless --debug
         if args.debug:
             raise
-        return fail(f"error: {_one_line(e)}", 2)
-    except OSError as e:
-        if args.debug:
-            raise
-        from .outputs import describe_os_error
-
-        return fail(f"error: {describe_os_error(e, e.filename or '?', 'path') if e.errno else _one_line(e)}", 2)
-    except Exception as e:  # noqa: BLE001 - the promise is one line, never a traceback, unless --debug
-        if args.debug:
-            raise
-        from .distributed import DistributedError
-        from .predict import PredictionError
-
-        if isinstance(e, DistributedError | PredictionError | FloatingPointError):
-            return fail(f"error: {_one_line(e)}", 1)
         return fail(f"unexpected {type(e).__name__}: {_one_line(e)}; fix: rerun with --debug for the traceback "
                     f"and report it", 1)
 

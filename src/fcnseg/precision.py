@@ -12,16 +12,18 @@ from __future__ import annotations
 import functools
 import logging
 import platform
+from typing import get_args
 
 import torch
 
 from .errors import ConfigError
+from .options import Precision
 
 __all__ = ["PRECISIONS", "bf16_native", "resolve_precision", "cpu_model", "machine_summary"]
 
 log = logging.getLogger("fcnseg.precision")
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 """Accepted values of every ``--precision`` flag."""
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import torch
 from torch import Tensor
@@ -27,11 +28,12 @@ from .checkpoint import Checkpoint
 from .engine import predict_logits, prepare_inference
 from .errors import CheckpointError, ConfigError, optional_import
 from .models import head_labels
+from .options import Engine
 from .precision import PRECISIONS, resolve_precision
 
 __all__ = ["ENGINES", "Scorer", "ScorerSpec", "make_scorer", "model_input", "require_single_task"]
 
-ENGINES = ("torch", "onnxruntime")
+ENGINES: tuple[str, ...] = get_args(Engine)
 """``torch``: the checkpoint's weights in PyTorch; ``onnxruntime``: an exported ONNX file, on the CPU."""
 
 ORT_NEEDED_FOR = "engine onnxruntime"
