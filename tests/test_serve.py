@@ -340,7 +340,7 @@ def test_size_limit_and_upload_shape(tiny_ckpt):
         big = small_png(200, 200)
         assert len(big) > 2000
         r = client.post("/v1/segment", content=big, headers={"content-type": "image/png"})
-        assert r.status_code == 413 and "over the limit of 2,000" in r.json()["error"]
+        assert r.status_code == 413 and "over the server's limit of 2,000" in r.json()["error"]
 
         def chunks():  # no Content-Length: the limit is enforced while reading
             for i in range(0, len(big), 500):
