@@ -251,16 +251,20 @@ def train_loop(run: Run, state: TrainState, stop: _StopRequest) -> None:
         for images, masks in run.loader:
             if images.shape[0] == 0:
                 continue  # every sample of the batch was bad and skipped (skip_bad): no step
+            # step
             loss = train_step(run.step_model, images, masks, state.optimizer, state.scheduler, norm=run.norm,
                               device=run.device, **run.step_options)
             state.advance(cfg.batch_size)
             run.meter.add(loss, state.step, images.shape[0])
             run.bar.update(1)
+            # log
             if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
                 _log_step(run, state)
+            # validate and save
             if state.step % cfg.val_every == 0 or state.step in (cfg.max_steps, cfg.stop_at):
                 run.meter.check()  # no checkpoint may hold the weights of a diverged run
                 _validate_and_save(run, state)
+            # stop: asked to (a signal to any process), or done
             if any_rank(stop.signum is not None) and state.step < run.last:
                 raise _interrupted(run, state, stop)
             if state.step >= run.last:

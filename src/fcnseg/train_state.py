@@ -61,11 +61,13 @@ def make_ema(model: nn.Module, decay: float) -> AveragedModel:
     """Exponential moving average of ``model``'s weights and batch-norm statistics.
 
     The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so that a short run's
-    average is not dominated by the initial weights.
+    average is not dominated by the initial weights. The decay is computed on the device (in float64, then
+    rounded as a Python float would be), not read to the host once per tensor.
     """
     def average(avg: torch.Tensor, new: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        d = min(decay, (1 + int(n)) / (10 + int(n)))
-        return avg * d + new * (1 - d)
+        n64 = n.double()
+        d = torch.clamp((1 + n64) / (10 + n64), max=decay)
+        return avg * d.float() + new * (1 - d).float()
 
     return AveragedModel(model, avg_fn=average, use_buffers=True)
 
