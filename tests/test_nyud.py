@@ -183,8 +183,6 @@ def test_a_few_steps_of_every_nyud_net_lower_the_loss(nyud, modality, model, nor
     net = build(model, num_classes=ds.num_classes, **({"width": TINY} if "lite" not in model else {}))
     cfg = make_config("modern", optimizer="adamw", lr=5e-3, max_steps=steps)
     opt = make_optimizer(net, cfg)
-    seen: list[float] = []
-    train_one_epoch(net, [batch] * steps, opt, make_scheduler(opt, cfg), norm=get_normalization(norm),
-                    device=torch.device("cpu"), max_steps=steps, step=0, progress=False,
-                    on_step=lambda s, loss, ips: seen.append(loss))
+    seen = train_one_epoch(net, [batch] * steps, opt, make_scheduler(opt, cfg), norm=get_normalization(norm),
+                           device=torch.device("cpu"), max_steps=steps, step=0, progress=False).tolist()
     assert math.isclose(seen[0], math.log(40), rel_tol=1e-4) and np.mean(seen[-2:]) < 0.6 * seen[0]

@@ -244,7 +244,7 @@ def test_cli_refusals_are_one_line(tree: Path, tmp_path: Path, data_root: Path,
                  "--val-split", "test", "--model", "fcn8s", "--model-arg", f"width={TINY}",
                  "--out", str(tmp_path / "x"), "--dry-run", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "labels sem (33 classes), geo (3 classes); --model fcn8s has one head" in err
+    assert "\n" not in err and "labels sem (33 classes), geo (3 classes); model fcn8s has one head" in err
     assert main(["train", "--dataset", "camvid", "--data", str(data_root / "camvid"), "--model", "fcn16s_siftflow",
                  "--model-arg", f"width={TINY}", "--out", str(tmp_path / "y"), "--dry-run", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()

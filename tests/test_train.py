@@ -62,9 +62,8 @@ def test_loss_falls(data_root):
     model = build("fcn8s", width=TINY, num_classes=ds.num_classes)
     cfg = make_config("modern", optimizer="adamw", lr=3e-3, max_steps=30)
     opt, sched = make_optimizer(model, cfg), make_scheduler(make_optimizer(model, cfg), cfg)
-    losses: list[float] = []
-    train_one_epoch(model, [(images, masks)] * 30, opt, sched, norm=IMAGENET, device=torch.device("cpu"),
-                    max_steps=30, step=0, on_step=lambda s, loss, ips: losses.append(loss), progress=False)
+    losses = train_one_epoch(model, [(images, masks)] * 30, opt, sched, norm=IMAGENET, device=torch.device("cpu"),
+                             max_steps=30, step=0, progress=False).tolist()
     assert len(losses) == 30
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
 

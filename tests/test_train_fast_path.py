@@ -152,7 +152,7 @@ def test_ema_and_class_weights_resume_exactly(data_root, tmp_path):
     # The average differs from the raw weights, and lies between the start and the end of training.
     moved = [k for k in raw if raw[k].is_floating_point() and not torch.equal(raw[k], a.state_dict[k])]
     assert moved
-    with pytest.raises(ValueError, match="had no --ema-decay"):
+    with pytest.raises(ValueError, match="no moving average.*fix: resume without `ema_decay`"):
         run_train(tiny_cfg(data_root, tmp_path / "c", stop_at=2), progress=False)
         run_train(tiny_cfg(data_root, tmp_path / "c", resume=str(tmp_path / "c" / "last.pt"), **opts),
                   progress=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import pickle
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -29,7 +30,6 @@ CHECKS_TIMEOUT_S = 4 * 3600
 dataset with a cold cache takes long, and is not a stall)."""
 
 _GROUPS: dict[str, Any] = {}  # gloo side groups: "checks" (long timeout), "flags" (CPU flags under NCCL too)
-
 
 
 
@@ -69,21 +69,33 @@ def on_main(fn: Callable[[], T]) -> T:
     if not (dist.is_available() and dist.is_initialized()):
         return fn()
     payload: list[Any] = [None]
+    error: Exception | None = None
     if is_main():
         try:
             payload = [("ok", fn())]
         except Exception as e:  # noqa: BLE001 - re-raised on every rank below
-            payload = [("error", type(e), str(e))]
+            error = e
+            payload = [("error", _portable(e))]
     with collective("sharing rank 0's checks"):
         dist.broadcast_object_list(payload, src=0, group=_GROUPS.get("checks"))
     status = payload[0]
     if status[0] == "error":
-        try:
-            err = status[1](status[2])
-        except Exception:  # noqa: BLE001 - an exception type that does not take one message
-            err = RuntimeError(status[2])
-        raise err
+        raise error if error is not None else status[1]
     return status[1]
+
+
+def _portable(e: Exception) -> Exception:
+    """``e`` itself when it pickles (an :class:`~fcnseg.errors.FcnsegError` keeps its fix and options), else an
+    exception of its type (or a RuntimeError) with its message."""
+    try:
+        pickle.loads(pickle.dumps(e))
+        return e
+    except Exception:  # noqa: BLE001 - any exception may fail to pickle or to rebuild
+        pass
+    try:
+        return type(e)(str(e))
+    except Exception:  # noqa: BLE001 - an exception type that does not take one message
+        return RuntimeError(str(e))
 
 
 def any_rank(flag: bool) -> bool:
@@ -114,7 +126,9 @@ class collective:  # noqa: N801 - used as a context manager, like torch.no_grad
             return False
         if not (dist.is_available() and dist.is_initialized()):
             return False
-        raise DistributedError(_describe_failure(self.what, exc)) from exc
+        raise DistributedError(_describe_failure(self.what, exc),
+                               fix="restart the run with {resume} from the last checkpoint; raise {dist_timeout} "
+                                   "if a rank is slow") from exc
 
 
 _COLLECTIVE_SIGNS = ("gloo", "Gloo", "NCCL", "nccl", "timed out", "Timed out", "Connection reset",
@@ -131,13 +145,12 @@ def _is_collective_failure(exc: BaseException) -> bool:
 def _describe_failure(what: str, exc: BaseException) -> str:
     rank, world = world_info()
     silent = unresponsive_ranks()
-    fix = "fix: restart the run with --resume from the last checkpoint; raise --dist-timeout if a rank is slow"
     if silent:
         names = ", ".join(str(r) for r in silent)
         return (f"rank {rank}: rank{'s' if len(silent) > 1 else ''} {names} of {world} stopped answering while "
-                f"{what} (stalled, stopped or killed); {fix}")
+                f"{what} (stalled, stopped or killed)")
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"rank {rank}: a collective failed while {what} ({first}); {fix}"
+    return f"rank {rank}: a collective failed while {what} ({first})"
 
 
 def unresponsive_ranks(wait_s: float = 5.0) -> list[int]:

@@ -1,17 +1,17 @@
-"""The loop: ``train_one_epoch`` and ``evaluate``, plain functions (see STYLE.md habit 4)."""
+"""The steps of the loop: ``train_step``, ``train_one_epoch`` and ``evaluate``, plain functions (STYLE.md habit 4)."""
 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .errors import ConfigError
+from .errors import ConfigError, TrainingDiverged
 from .losses import segmentation_loss
 from .metrics import ConfusionMatrix, MultiTaskConfusion
 from .models.fcn import head_labels, joined_logits, task_heads
@@ -36,9 +36,56 @@ def set_train_mode(model: nn.Module) -> None:
         encoder.eval()
 
 
-def train_one_epoch(
+class TrainMeter:
+    """The training loss and throughput since the last read, kept on the device between reads.
+
+    :meth:`add` after each step queues a few tiny device operations and never waits for the device; only
+    :meth:`read` (at logged steps) and :meth:`check` (before a checkpoint) copy to the host, once each. The
+    first step whose loss was not finite is remembered on the device, so a check names it exactly.
+    """
+
+    def __init__(self, device: torch.device):
+        self.total = torch.zeros((), device=device)  # sum of the losses since the last read
+        self.first_bad = torch.zeros((), device=device)  # first step with a NaN/Inf loss; 0 = none
+        self.bad_loss = torch.zeros((), device=device)  # that step's loss
+        self.steps = self.images = 0
+        self.since = time.perf_counter()
+        self.started = time.monotonic()  # when the run (or its resumption) began stepping: log.jsonl's wall_s
+
+    def add(self, loss: Tensor, step: int, images: int) -> None:
+        """Count ``step`` (its number, from 1), which trained on ``images`` images with mean loss ``loss``."""
+        loss = loss.detach().float()
+        self.total += loss
+        bad = ~torch.isfinite(loss) & (self.first_bad == 0)
+        self.first_bad.masked_fill_(bad, step)
+        self.bad_loss = torch.where(bad, loss, self.bad_loss)
+        self.steps, self.images = self.steps + 1, self.images + images
+
+    def _pull(self) -> float:
+        total, first_bad, bad_loss = torch.stack([self.total, self.first_bad, self.bad_loss]).tolist()  # 1 sync
+        if first_bad:
+            raise TrainingDiverged(f"the training loss is {bad_loss} at step {int(first_bad)}",
+                                   fix="lower {lr} (or lengthen {warmup_steps}) and start again")
+        return total
+
+    def check(self) -> None:
+        """Raise :class:`~fcnseg.errors.TrainingDiverged` if any step's loss so far was NaN or infinite."""
+        self._pull()
+
+    def read(self) -> tuple[float, float]:
+        """(mean loss, images per second) since the last read, then start counting anew; raises like
+        :meth:`check`. Images per second are this process's."""
+        total, now = self._pull(), time.perf_counter()
+        mean, ips = total / max(self.steps, 1), self.images / max(now - self.since, 1e-9)
+        self.total.zero_()
+        self.steps, self.images, self.since = 0, 0, now
+        return mean, ips
+
+
+def train_step(
     model: nn.Module,
-    loader: Iterable[tuple[Tensor, Tensor]],
+    images: Tensor,
+    masks: Tensor,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     *,
@@ -47,58 +94,66 @@ def train_one_epoch(
     loss_reduction: str = "mean",
     ignore_index: int = 255,
     amp: bool = False,
-    max_steps: int,
-    step: int,
-    on_step: Callable[[int, float, float], None] | None = None,
-    progress: bool | Progress = True,
     channels_last: bool = False,
     class_weights: Tensor | None = None,
-) -> int:
-    """Train until the loader ends or ``step`` reaches ``max_steps``; returns the new step count.
+) -> Tensor:
+    """One optimiser and scheduler step on a batch: ``images`` (N, C, H, W) in [0, 1], ``masks`` (N, H, W)
+    or (N, T, H, W) for a multi-task model. Returns the loss, detached, on the device: nothing here waits
+    for the device, so a caller that reads it only now and then (:class:`TrainMeter`) keeps it busy.
 
-    ``on_step(step, loss, images_per_s)`` runs after every optimiser step (logging, validation, checkpoints).
-    ``progress`` is a run-wide :class:`~fcnseg.progress.Progress` counting steps, or a bool for a bar over
-    this loader alone. A batch left empty by skipped bad samples is passed over without a step.
     ``channels_last`` feeds the images in NHWC layout (the model should be converted likewise);
     ``class_weights`` (K,) weighs each pixel's loss by its class (:func:`~fcnseg.losses.median_frequency_weights`).
     """
+    x = images.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x = norm(x)
+    y = masks.to(device, non_blocking=True)
+    with autocast(device, amp):
+        logits = model(x)  # (N, K, H, W)
+    loss = segmentation_loss(logits, y, ignore_index=ignore_index, reduction=loss_reduction,  # type: ignore[arg-type]
+                             weight=class_weights)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss.detach()
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    norm: Normalization,
+    device: torch.device,
+    max_steps: int | None = None,
+    step: int = 0,
+    progress: bool = False,
+    **options: Any,
+) -> Tensor:
+    """:func:`train_step` over every batch of ``loader`` (until ``step`` reaches ``max_steps``); returns the
+    steps' losses (S,) on the CPU, read from the device once, at the end.
+
+    ``options`` are :func:`train_step`'s (``loss_reduction``, ``ignore_index``, ``amp``, ``channels_last``,
+    ``class_weights``). A batch left empty by skipped bad samples is passed over without a step.
+    ``fcnseg train`` runs its own loop (:func:`fcnseg.train.train_loop`): it validates and saves between steps.
+    """
     set_train_mode(model)
-    own_bar = not isinstance(progress, Progress)
-    if isinstance(progress, Progress):
-        bar = progress
-    else:
-        total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
-        bar = Progress(total, "train", "step", enabled=bool(progress))
-    t0, seen = time.perf_counter(), 0
-    for images, masks in loader:
-        if step >= max_steps:
-            break
-        if images.shape[0] == 0:
-            continue
-        x = images.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        x = norm(x)
-        y = masks.to(device, non_blocking=True)
-        with autocast(device, amp):
-            logits = model(x)  # (N, K, H, W)
-        loss = segmentation_loss(logits, y, ignore_index=ignore_index, reduction=loss_reduction,  # type: ignore[arg-type]
-                                 weight=class_weights)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step}: lower the learning rate")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        seen += images.shape[0]
-        ips = seen / (time.perf_counter() - t0)
-        bar.update(1, loss=f"{loss.item():.4g}", img_s=f"{ips:.2f}")
-        if on_step is not None:
-            on_step(step, loss.item(), ips)
-    if own_bar:
-        bar.close()
-    return step
+    losses: list[Tensor] = []
+    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+    with Progress(total, "train", "step", enabled=progress) as bar:
+        for images, masks in loader:
+            if max_steps is not None and step >= max_steps:
+                break
+            if images.shape[0] == 0:
+                continue
+            losses.append(train_step(model, images, masks, optimizer, scheduler, norm=norm, device=device,
+                                     **options))
+            step += 1
+            bar.update(1)
+    return torch.stack(losses).float().cpu() if losses else torch.zeros(0)
 
 
 def prepare_inference(model: nn.Module, *, precision: str = "fp32", channels_last: bool = True) -> nn.Module:

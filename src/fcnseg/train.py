@@ -1,4 +1,10 @@
-"""``fcnseg train``: wiring of data, model, optimiser and the loop (``run_train``)."""
+"""``fcnseg train``: build a run, resume it, loop (``run_train`` reads in that order).
+
+``run_train`` wires the phases: checked data, the model (:func:`build_model`), its
+:class:`~fcnseg.train_state.TrainState` (optimiser, schedule, average, step, sampler position, best score,
+random generators), :func:`resume`, the run folder, the :class:`Run` (loaders, logs), and
+:func:`train_loop`, where one step reads top to bottom: step, log, validate and save, stop check.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,6 @@ import dataclasses
 import functools
 import json
 import logging
-import math
 import random
 import shutil
 import signal
@@ -23,25 +28,304 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from . import data as fdata
 from .checkpoint import Checkpoint, load_checkpoint, load_init_weights, save_checkpoint, task_extra
 from .config import TrainConfig
-from .distributed import (
+from .distributed import ShardedSampler, any_rank, collective, init_distributed, is_main, on_main
+from .engine import TrainMeter, evaluate, set_train_mode, train_step
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
     DistributedError,
-    ShardedSampler,
-    any_rank,
-    collective,
-    init_distributed,
-    is_main,
-    on_main,
+    OutputError,
+    TrainingDiverged,
+    TrainingInterrupted,
 )
-from .engine import evaluate, set_train_mode, train_one_epoch
-from .errors import TrainingInterrupted
 from .models import build, task_heads
 from .models.batchnorm import freeze_batch_norm, has_batch_norm
-from .normalization import get_normalization
-from .outputs import OutputError, atomic_write, check_output_dir, free_bytes, remove_stale_temp_files
+from .normalization import Normalization, get_normalization
+from .outputs import atomic_write, check_output_dir, free_bytes, remove_stale_temp_files
 from .precision import resolve_precision
 from .progress import Progress
+from .train_state import TrainState, make_ema, make_optimizer, make_scheduler, new_state, param_groups
+
+__all__ = ["FROZEN_BN_WARMUP", "Run", "TrainState", "TrainingDiverged", "TrainingInterrupted", "batch_norm_mode",
+           "build_model", "check_resume", "make_ema", "make_optimizer", "make_run", "make_scheduler",
+           "param_groups", "resume", "run_train", "train_loop"]
 
 log = logging.getLogger("fcnseg.train")
+
+
+def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False) -> Path:
+    """Train as ``cfg`` says; returns the path of the best checkpoint (by validation mean IU).
+
+    Before any step, deletion or output, the run folder is checked and the data validated; SIGINT/SIGTERM
+    save ``last.pt`` at the current step and raise :class:`TrainingInterrupted`; a NaN or infinite loss
+    raises :class:`TrainingDiverged` before any checkpoint holds its weights. ``dry_run`` stops after those
+    checks and the model's construction, having written nothing.
+    """
+    _, world, device = init_distributed(cfg.device, cfg.dist_timeout)
+    torch.manual_seed(cfg.seed)  # the model's initial weights, then dropout's draws
+    random.seed(cfg.seed)
+    train_ds, val_ds = _checked_datasets(cfg, progress and is_main())
+    model, norm, cfg = build_model(cfg, train_ds, device)
+    state = new_state(model, cfg)
+    out = Path(cfg.out_dir)
+    if dry_run:
+        on_main(lambda: _check_disk_space(out, model, cfg))  # free_bytes looks up the first existing parent
+        log.info("dry run: %d training and %d validation samples checked, %s can be written; nothing written",
+                 len(train_ds), len(val_ds), out)
+        return out / "best.pt"
+    if cfg.resume:
+        resume(state, cfg, world=world, train_samples=len(train_ds))
+    on_main(lambda: _prepare_run_folder(cfg, model, state.step))
+    run = make_run(cfg, state, train_ds, val_ds, norm=norm, device=device, world=world, progress=progress)
+    stop = _StopRequest()
+    stop.install()
+    try:
+        with collective("training"):
+            train_loop(run, state, stop)
+    except RuntimeError as e:
+        if stop.signum is None or isinstance(e, DistributedError):
+            raise
+        # A SIGTERM to the whole process group also ended the loader workers: stop as asked, at the step reached.
+        raise _interrupted(run, state, stop) from None
+    finally:
+        stop.restore()
+        run.close()
+    _report_skipped(train_ds, val_ds)
+    return run.best_path
+
+
+def build_model(cfg: TrainConfig, ds: fdata.SegmentationDataset, device: torch.device
+                ) -> tuple[nn.Module, Normalization, TrainConfig]:
+    """The model ``cfg`` names for ``ds``'s classes, on ``device``: weights from ``init_from``, the encoder
+    frozen (``freeze_encoder``), batch norm frozen or trained (:func:`batch_norm_mode`). Returns it, the input
+    normalisation it expects, and ``cfg`` with the automatic warm-up (``warmup_steps=-1``) resolved."""
+    norm = get_normalization(cfg.normalization or default_normalization(cfg.model, cfg.model_args))
+    model = build(cfg.model, **_model_args(cfg, ds))
+    _check_tasks(model, ds, cfg)
+    if cfg.init_from:
+        init_state, init_norm = load_init_weights(cfg.init_from)  # one checkpoint, or NAME=PATH,... merged
+        copied, kept = model.init_from(init_state)  # type: ignore[operator]
+        log.info("init from %s: %d tensors copied, left as initialised: %s", cfg.init_from, len(copied), kept)
+        if not cfg.normalization and init_norm is not None:  # the weights carry their input contract
+            norm = init_norm
+    if cfg.freeze_encoder:
+        model.encoder.requires_grad_(False)  # type: ignore[union-attr]
+    frozen_bn = batch_norm_mode(cfg) == "frozen" and has_batch_norm(model)
+    if frozen_bn:
+        frozen, folded = freeze_batch_norm(model)
+        log.info("batch norm: %d frozen (running statistics fixed, gamma/beta trained), %d folded into their "
+                 "convolutions; batch_norm=train re-estimates them", frozen, folded)
+    if cfg.warmup_steps < 0:  # auto: frozen batch norm at lr 0.01 diverged within 30 steps without a warm-up
+        cfg = dataclasses.replace(cfg, warmup_steps=FROZEN_BN_WARMUP if frozen_bn else 0)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model, norm, cfg
+
+
+def resume(state: TrainState, cfg: TrainConfig, *, world: int, train_samples: int) -> None:
+    """Load the checkpoint ``cfg.resume`` into ``state`` (weights, optimiser, schedule, average, step,
+    sampler position, best score, random generators), after :func:`check_resume` has found that it
+    continues this very run."""
+    ck = load_checkpoint(cfg.resume)
+    check_resume(ck, cfg, state, world=world, train_samples=train_samples)
+    assert ck.train_state is not None
+    state.load_state_dict({"raw_model": ck.state_dict, **ck.train_state})  # raw_model: saved with an average
+    state.metrics = ck.metrics
+    log.info("resumed from %s at step %d (epoch %d, sample %d)", cfg.resume, state.step, state.epoch,
+             state.sampler_pos)
+
+
+def check_resume(ck: Checkpoint, cfg: TrainConfig, state: TrainState, *, world: int, train_samples: int) -> None:
+    """Refuse, in one line, a checkpoint that would not continue the same run: no training state; another
+    number of processes or samples (the sampler position would point elsewhere); another model, batch size,
+    data or seed; another batch-norm mode; no average when ``ema_decay`` asks for one."""
+    path = cfg.resume
+    if ck.train_state is None:
+        raise CheckpointError(f"{path}: holds no training state (optimiser, step)", path=path,
+                              fix=f"start a new run with {{init_from}} {path}")
+    saved = ck.config or {}
+    for key, now in (("world_size", world), ("train_samples", train_samples)):
+        was = ck.train_state.get(key, now)
+        if was != now:
+            raise ConfigError(f"{path}: the run had {key.replace('_', ' ')} {was}, now {now}: the sampler "
+                              f"position would point at other samples", path=path,
+                              fix="resume with the same processes and data (and {skip_bad} setting), or start "
+                                  "anew with {init_from}")
+    for key in ("model", "batch_size", "dataset", "train_split", "seed"):
+        if key in saved and saved[key] != getattr(cfg, key):
+            raise ConfigError(f"{path}: trained with {key}={saved[key]!r}, not {getattr(cfg, key)!r}", path=path,
+                              fix=f"resume with the same {{{key}}} (or start a new run with {{init_from}})")
+    if has_batch_norm(state.model):  # runs from before batch_norm existed re-estimated the statistics
+        was = batch_norm_mode(dataclasses.replace(cfg, batch_norm=saved.get("batch_norm", "train"),
+                                                  model_args=saved.get("model_args", cfg.model_args),
+                                                  init_from=saved.get("init_from", cfg.init_from)))
+        if was != batch_norm_mode(cfg):
+            raise ConfigError(f"{path}: the run trained with batch norm {was}, this one would be "
+                              f"{batch_norm_mode(cfg)}", path=path, fix=f"resume with {{batch_norm}} {was}")
+    if state.ema is not None and "ema" not in ck.train_state:
+        raise ConfigError(f"{path}: the run kept no moving average of its weights", path=path,
+                          fix="resume without {ema_decay}")
+
+
+@dataclasses.dataclass(eq=False)
+class Run:
+    """The wiring of one run, fixed while it trains: loaders, the model that takes the steps, where records
+    go. What changes as it trains is the :class:`~fcnseg.train_state.TrainState`."""
+
+    cfg: TrainConfig
+    device: torch.device
+    world: int  # processes (torchrun); each takes batch_size samples a step
+    main: bool  # rank 0: logs and saves
+    out: Path
+    step_model: nn.Module  # the state's model as it steps: DDP-wrapped and/or compiled (the same parameters)
+    sampler: EpochSampler
+    loader: DataLoader
+    val_loader: DataLoader
+    norm: Normalization
+    step_options: dict[str, Any]  # train_step's keywords: loss_reduction, ignore_index, amp, channels_last, ...
+    template: Checkpoint  # the checkpoint's description of the model and data, without weights or state
+    train_samples: int
+    writer: Any  # a TensorBoard SummaryWriter on rank 0, else None
+    bar: Progress
+    meter: TrainMeter
+
+    @property
+    def last(self) -> int:
+        """The step this invocation stops at: ``stop_at`` (a run to be resumed later) or ``max_steps``."""
+        return self.cfg.stop_at or self.cfg.max_steps
+
+    @property
+    def best_path(self) -> Path:
+        return self.out / "best.pt"
+
+    @property
+    def last_path(self) -> Path:
+        return self.out / "last.pt"
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def make_run(cfg: TrainConfig, state: TrainState, train_ds: fdata.SegmentationDataset, val_ds: Dataset, *,
+             norm: Normalization, device: torch.device, world: int, progress: bool) -> Run:
+    """The loaders, the stepping model (DDP, ``compile``), class weights, TensorBoard and progress of a run
+    whose folder exists; ``state`` is where it starts (step, for the progress bar)."""
+    main = is_main()
+    step_model: nn.Module = state.model
+    if world > 1:
+        step_model = nn.parallel.DistributedDataParallel(
+            step_model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:  # the compiled module shares the parameters; validation and checkpoints use the plain one
+        step_model = torch.compile(step_model)  # type: ignore[assignment]
+    sampler, loader, val_loader, decoded = _loaders(cfg, train_ds, val_ds, device, progress and main)
+    weights = _class_weights(train_ds, cfg.class_weights, progress and main, decoded)
+    options = dict(loss_reduction=cfg.loss, ignore_index=train_ds.ignore_index, channels_last=cfg.channels_last,
+                   amp=resolve_precision(cfg.precision, device) == "bf16",
+                   class_weights=None if weights is None else weights.to(device))
+    template = Checkpoint(model_name=cfg.model, model_args=_model_args(cfg, train_ds), state_dict={},
+                          classes=list(train_ds.classes), palette=list(train_ds.palette), normalization=norm,
+                          ignore_index=train_ds.ignore_index, config=cfg.to_dict(), extra=task_extra(train_ds.tasks))
+    out = Path(cfg.out_dir)
+    return Run(cfg, device, world, main, out, step_model, sampler, loader, val_loader, norm, options, template,
+               len(train_ds), _tensorboard(out) if main else None,
+               Progress(cfg.stop_at or cfg.max_steps, "train", "step", enabled=progress and main, initial=state.step),
+               TrainMeter(device))
+
+
+def train_loop(run: Run, state: TrainState, stop: _StopRequest) -> None:
+    """Train ``state`` to step ``run.last``. After each optimiser step, in this order: the log record (every
+    ``log_every`` steps), validation and checkpoints (every ``val_every`` steps and at the end), the stop
+    check (SIGINT/SIGTERM on any process). The device is waited for at logged steps only.
+
+    Raises :class:`TrainingDiverged` (a NaN/Inf loss, found before any checkpoint holds its weights) and
+    :class:`TrainingInterrupted` (a signal; ``last.pt`` then holds the step reached).
+    """
+    cfg = run.cfg
+    set_train_mode(run.step_model)
+    while state.step < run.last:
+        run.sampler.set_epoch(state.epoch, state.sampler_pos)  # a resumed run starts mid-epoch
+        for images, masks in run.loader:
+            if images.shape[0] == 0:
+                continue  # every sample of the batch was bad and skipped (skip_bad): no step
+            # step
+            loss = train_step(run.step_model, images, masks, state.optimizer, state.scheduler, norm=run.norm,
+                              device=run.device, **run.step_options)
+            state.advance(cfg.batch_size)
+            run.meter.add(loss, state.step, images.shape[0])
+            run.bar.update(1)
+            # log
+            if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+                _log_step(run, state)
+            # validate and save
+            if state.step % cfg.val_every == 0 or state.step in (cfg.max_steps, cfg.stop_at):
+                run.meter.check()  # no checkpoint may hold the weights of a diverged run
+                _validate_and_save(run, state)
+            # stop: asked to (a signal to any process), or done
+            if any_rank(stop.signum is not None) and state.step < run.last:
+                raise _interrupted(run, state, stop)
+            if state.step >= run.last:
+                return
+        state.next_epoch()
+
+
+def _log_step(run: Run, state: TrainState) -> None:
+    """The step's record in log.jsonl and TensorBoard (rank 0): the mean loss since the last record."""
+    loss, ips = run.meter.read()  # the one host sync of a logged step; raises TrainingDiverged
+    run.bar.update(0, loss=f"{loss:.4g}", img_s=f"{ips:.2f}")
+    if run.main:
+        _log(run.out, run.writer, {"step": state.step, "loss": loss, "lr": state.optimizer.param_groups[0]["lr"],
+                                   "images_per_s": ips * run.world,
+                                   "wall_s": round(time.monotonic() - run.meter.started, 3)})
+
+
+def _validate_and_save(run: Run, state: TrainState) -> None:
+    """Validate the evaluated model (each process its shard, matrices summed); on rank 0 record the metrics,
+    write ``best.pt`` when the mean IU improved, then ``last.pt``."""
+    s = state.step
+    with collective(f"validating at step {s}"):
+        cm = evaluate(state.evaluated, run.val_loader, num_classes=len(run.template.classes), norm=run.norm,
+                      device=run.device, ignore_index=run.template.ignore_index, amp=run.step_options["amp"],
+                      progress=False)
+    m = cm.compute()
+    set_train_mode(state.model)
+    if not run.main:
+        return
+    state.metrics = {"step": s, **m.to_dict()}
+    _log(run.out, run.writer, {"step": s, "val_pixel_acc": m.pixel_acc, "val_mean_acc": m.mean_acc,
+                               "val_mean_iu": m.mean_iu, "val_fw_iu": m.fw_iu,
+                               **{f"val_{t}_{k}": getattr(tm, k) for t, tm in m.tasks.items()
+                                  for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")}})
+    improved = m.mean_iu > state.best_miou
+    state.best_miou = max(state.best_miou, m.mean_iu)
+    run.bar.write(_metrics_line(s, run.last, m, state.best_miou))
+    ck = _checkpoint(run, state)
+    # best.pt first: a kill between the two writes leaves last.pt at the previous validation, so the resumed
+    # run validates this step again and rewrites best.pt the same way.
+    if improved:
+        save_checkpoint(ck, run.best_path)
+    save_checkpoint(ck, run.last_path)
+
+
+def _checkpoint(run: Run, state: TrainState) -> Checkpoint:
+    """The run's checkpoint now: the evaluated weights, the last metrics and the state to resume from."""
+    train_state = {**state.state_dict(), "world_size": run.world, "train_samples": run.train_samples}
+    if state.ema is None:
+        del train_state["raw_model"]  # the file's weights are the model's: not twice
+    return dataclasses.replace(run.template, state_dict=state.evaluated.state_dict(), metrics=state.metrics,
+                               train_state=train_state)
+
+
+def _interrupted(run: Run, state: TrainState, stop: _StopRequest) -> TrainingInterrupted:
+    """Save ``last.pt`` at the step reached (rank 0) and return the error that says how to resume."""
+    name = signal.Signals(stop.signum).name if stop.signum else "a stop request to another rank"
+    run.meter.check()  # a diverged run's weights are not saved, interrupted or not
+    if run.main:
+        save_checkpoint(_checkpoint(run, state), run.last_path)
+    return TrainingInterrupted(state.step, run.last_path, name)
 
 
 class SeededTransforms(Dataset):
@@ -105,7 +389,7 @@ FROZEN_BN_WARMUP = 50
 def batch_norm_mode(cfg: TrainConfig) -> str:
     """``"frozen"`` or ``"train"``: ``cfg.batch_norm``, where ``auto`` is frozen when the weights start trained.
 
-    Trained weights (``pretrained``, ``--init-from``) carry batch-norm statistics worth keeping. Re-estimating
+    Trained weights (``pretrained``, ``init_from``) carry batch-norm statistics worth keeping. Re-estimating
     them on batches of 8 crops costs a quarter of a CPU step and, on CamVid, 8 points of val mean IU at a
     200-step budget (benchmarks/RESULTS.md). Random weights need them estimated.
     """
@@ -113,50 +397,6 @@ def batch_norm_mode(cfg: TrainConfig) -> str:
         return cfg.batch_norm
     trained = bool(cfg.model_args.get("pretrained")) or bool(cfg.init_from)
     return "frozen" if trained else "train"
-
-
-def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """Weights at ``lr`` with decay; biases and norm parameters at ``lr * bias_lr_mult`` (2 in the paper)."""
-    weights, biases = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (weights if p.ndim > 1 else biases).append(p)
-    return [
-        {"params": weights, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
-        {"params": biases, "lr": cfg.lr * cfg.bias_lr_mult,
-         "weight_decay": cfg.weight_decay if cfg.bias_decay else 0.0},
-    ]
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-
-
-def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    def factor(step: int) -> float:
-        warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
-        if cfg.schedule == "poly":
-            return warm * max(0.0, 1 - step / cfg.max_steps) ** cfg.poly_power
-        return warm
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class _StopRequest:
@@ -201,8 +441,9 @@ def _datasets(cfg: TrainConfig) -> tuple[fdata.SegmentationDataset, fdata.Segmen
     val_kind, val_root, val_args = cfg.resolved_val()
     val_ds = fdata.build_dataset(val_kind, val_root, cfg.val_split, **val_args)
     if val_ds.classes != train_ds.classes:
-        raise fdata.DataError(f"validation set {val_root} ({val_kind}) has classes {val_ds.classes}; the training "
-                              f"set {root} has {train_ds.classes}: they must be the same, in the same order")
+        raise DataError(f"validation set {val_root} ({val_kind}) has classes {val_ds.classes}; the training set "
+                        f"{root} has {train_ds.classes}: they must be the same, in the same order", path=val_root,
+                        fix="choose a validation set ({val_dataset}, {val_data_root}) with the training set's classes")
     for ds in (train_ds, val_ds):
         ds.max_pixels = cfg.max_pixels
     return train_ds, val_ds
@@ -211,7 +452,7 @@ def _datasets(cfg: TrainConfig) -> tuple[fdata.SegmentationDataset, fdata.Segmen
 def _checks_before_work(cfg: TrainConfig, datasets: tuple[fdata.SegmentationDataset, ...], progress: bool
                         ) -> list[list[tuple[Path, Path]]]:
     """Everything that can refuse the run, before any step, deletion or output: the run folder can be
-    written, and every sample passes validation (``--check-data``; bad ones dropped with ``--skip-bad``)."""
+    written, and every sample passes validation (``check_data``; bad ones dropped with ``skip_bad``)."""
     check_output_dir(cfg.out_dir, overwrite=cfg.overwrite, allow_existing=bool(cfg.resume))
     level = cfg.check_data
     if cfg.skip_bad and level in ("headers", "labels"):
@@ -223,12 +464,12 @@ def _checks_before_work(cfg: TrainConfig, datasets: tuple[fdata.SegmentationData
                 log.warning("%s: skipped %d bad samples of %d (--skip-bad)", ds, len(report.bad), report.samples)
     for ds in datasets:
         if len(ds) == 0:
-            raise fdata.DataError(f"{ds}: empty split; fix: choose another --train-split/--val-split")
+            raise DataError(f"{ds}: empty split", fix="choose another {train_split} or {val_split}")
     return [ds.samples for ds in datasets]
 
 
 def _start_run_folder(cfg: TrainConfig, out: Path) -> None:
-    """Create the run folder; remove temp files of killed runs; with ``--overwrite`` (a new run), the old
+    """Create the run folder; remove temp files of killed runs; with ``overwrite`` (a new run), the old
     run's files, only now that every check has passed."""
     out.mkdir(parents=True, exist_ok=True)
     for p in remove_stale_temp_files(out):
@@ -249,8 +490,8 @@ def _check_disk_space(out: Path, model: nn.Module, cfg: TrainConfig) -> None:
                    out.is_dir())
     free = free_bytes(out) + existing
     if free < need:
-        raise OutputError(f"--out {out}: {free / 2**20:.0f} MiB free, checkpoints need about {need / 2**20:.0f} "
-                          f"MiB; fix: free disk space or choose another --out")
+        raise OutputError(f"{out}: {free / 2**20:.0f} MiB free, checkpoints need about {need / 2**20:.0f} MiB",
+                          path=out, fix="free disk space or choose another {out_dir}")
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -284,122 +525,46 @@ def _check_tasks(model: nn.Module, ds: fdata.SegmentationDataset, cfg: TrainConf
         has = ", ".join(f"{t} ({k} classes)" for t, k in heads.items()) if heads else "one head"
         fix = "a model with those heads (SIFT Flow: fcn16s_siftflow, fcn16s_siftflow_efficientnet_lite0)" if tasks \
             else "a single-head model (e.g. fcn8s)"
-        raise ValueError(f"--dataset {cfg.dataset} labels {what}; --model {cfg.model} has {has}; fix: choose {fix}")
+        raise ConfigError(f"dataset {cfg.dataset} labels {what}; model {cfg.model} has {has}",
+                          fix=f"choose {fix} as {{model}}")
 
 
-def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False) -> Path:
-    """Train as ``cfg`` says; returns the path of the best checkpoint (by validation mean IU).
-
-    Before any step, deletion or output, the run folder is checked and the data validated; SIGINT/SIGTERM
-    save ``last.pt`` at the current step and raise :class:`TrainingInterrupted`. ``dry_run`` stops after
-    those checks and the model's construction, having written nothing.
-    """
-    rank, world, device = init_distributed(cfg.device, cfg.dist_timeout)
-    main = is_main()
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    out = Path(cfg.out_dir)
+def _checked_datasets(cfg: TrainConfig, progress: bool) -> tuple[fdata.SegmentationDataset, Dataset]:
+    """The training and validation sets, checked on rank 0 before any work (:func:`_checks_before_work`),
+    the validation set cut to ``max_val_images``."""
     train_ds, val_ds = _datasets(cfg)
-    train_ds.samples, val_ds.samples = on_main(lambda: _checks_before_work(cfg, (train_ds, val_ds),
-                                                                            progress and main))
+    train_ds.samples, val_ds.samples = on_main(lambda: _checks_before_work(cfg, (train_ds, val_ds), progress))
     for ds in (train_ds, val_ds):
         ds.skip_bad = cfg.skip_bad
         ds.share_skip_counter()
     if cfg.max_val_images:
-        val_ds = torch.utils.data.Subset(val_ds, range(min(cfg.max_val_images, len(val_ds))))  # type: ignore[assignment]
-    base = train_ds
-    classes, palette, ignore = base.classes, base.palette, base.ignore_index
+        return train_ds, torch.utils.data.Subset(val_ds, range(min(cfg.max_val_images, len(val_ds))))
+    return train_ds, val_ds
 
-    norm = get_normalization(cfg.normalization or default_normalization(cfg.model, cfg.model_args))
-    model_args = {"num_classes": len(classes), **cfg.model_args}
-    model = build(cfg.model, **model_args)
-    _check_tasks(model, base, cfg)
-    if cfg.init_from:
-        init_state, init_norm = load_init_weights(cfg.init_from)  # one checkpoint, or NAME=PATH,... merged
-        copied, kept = model.init_from(init_state)  # type: ignore[operator]
-        log.info("init from %s: %d tensors copied, left as initialised: %s", cfg.init_from, len(copied), kept)
-        if not cfg.normalization and init_norm is not None:  # the weights carry their input contract
-            norm = init_norm
-    if cfg.freeze_encoder:
-        model.encoder.requires_grad_(False)  # type: ignore[union-attr]
-    frozen_bn = batch_norm_mode(cfg) == "frozen" and has_batch_norm(model)
-    if frozen_bn:
-        frozen, folded = freeze_batch_norm(model)
-        log.info("batch norm: %d frozen (running statistics fixed, gamma/beta trained), %d folded into their "
-                 "convolutions; --batch-norm train re-estimates them", frozen, folded)
-    if cfg.warmup_steps < 0:  # auto: frozen batch norm at lr 0.01 diverged within 30 steps without a warm-up
-        cfg = dataclasses.replace(cfg, warmup_steps=FROZEN_BN_WARMUP if frozen_bn else 0)
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    ddp_model: nn.Module = model
-    if world > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                        else None)
-    optimizer = make_optimizer(model, cfg)
-    scheduler = make_scheduler(optimizer, cfg)
-    # The compiled module shares the parameters; validation and checkpoints use the plain one.
-    step_model = torch.compile(ddp_model) if cfg.compile else ddp_model
-    ema = make_ema(model, cfg.ema_decay) if cfg.ema_decay else None
-    if dry_run:
-        on_main(lambda: _check_disk_space(out, model, cfg))  # free_bytes looks up the first existing parent
-        log.info("dry run: %d training and %d validation samples checked, %s can be written; nothing written",
-                 len(train_ds), len(val_ds), out)
-        return out / "best.pt"
 
-    step, epoch, start, best = 0, 0, 0, -math.inf
-    last_metrics: dict[str, Any] | None = None
+def _model_args(cfg: TrainConfig, ds: fdata.SegmentationDataset) -> dict[str, Any]:
+    return {"num_classes": len(ds.classes), **cfg.model_args}
+
+
+def _prepare_run_folder(cfg: TrainConfig, model: nn.Module, step: int) -> None:
+    """On rank 0, once every check has passed: the disk has room, the folder exists (an ``overwrite``
+    run's old files gone), a resumed run's log ends at ``step``, ``config.json`` holds the resolved config."""
+    out = Path(cfg.out_dir)
+    _check_disk_space(out, model, cfg)
+    _start_run_folder(cfg, out)
     if cfg.resume:
-        ck = load_checkpoint(cfg.resume)
-        if ck.train_state is None:
-            raise ValueError(f"--resume {cfg.resume}: holds no training state (optimiser, step); fix: start a new "
-                             f"run with --init-from {cfg.resume}")
-        saved = ck.config or {}
-        for key, now in (("world_size", world), ("train_samples", len(train_ds))):
-            was = ck.train_state.get(key, now)
-            if was != now:
-                raise ValueError(f"--resume {cfg.resume}: the run had {key.replace('_', ' ')} {was}, now {now}: the "
-                                 f"sampler position would point at other samples; fix: resume with the same "
-                                 f"processes and data (and --skip-bad setting), or start anew with --init-from")
-        for key in ("model", "batch_size", "dataset", "train_split", "seed"):
-            if key in saved and saved[key] != getattr(cfg, key):
-                raise ValueError(f"--resume {cfg.resume}: trained with {key}={saved[key]!r}, not "
-                                 f"{getattr(cfg, key)!r}; fix: resume with the same --{key.replace('_', '-')} "
-                                 f"(or start a new run with --init-from)")
-        if has_batch_norm(model):  # runs from before --batch-norm re-estimated the statistics
-            was = batch_norm_mode(dataclasses.replace(cfg, batch_norm=saved.get("batch_norm", "train"),
-                                                      model_args=saved.get("model_args", cfg.model_args),
-                                                      init_from=saved.get("init_from", cfg.init_from)))
-            if was != batch_norm_mode(cfg):
-                raise ValueError(f"--resume {cfg.resume}: the run trained with batch norm {was}, this one would be "
-                                 f"{batch_norm_mode(cfg)}; fix: resume with --batch-norm {was}")
-        model.load_state_dict(ck.train_state.get("raw_model", ck.state_dict))
-        if ema is not None:
-            if "ema" not in ck.train_state:
-                raise ValueError(f"--resume {cfg.resume}: the run had no --ema-decay; fix: resume without it")
-            ema.load_state_dict(ck.train_state["ema"])
-        optimizer.load_state_dict(ck.train_state["optimizer"])
-        scheduler.load_state_dict(ck.train_state["scheduler"])
-        step, epoch, start = ck.train_state["step"], ck.train_state["epoch"], ck.train_state["sampler_pos"]
-        best = ck.train_state.get("best_miou", -math.inf)
-        last_metrics = ck.metrics
-        _set_rng_state(ck.train_state["rng"])
-        log.info("resumed from %s at step %d (epoch %d, sample %d)", cfg.resume, step, epoch, start)
+        _truncate_log(out / "log.jsonl", step)
+    config_text = (json.dumps(cfg.to_dict(), indent=2) + "\n").encode()
+    atomic_write(out / "config.json", lambda f: f.write(config_text))
 
-    def start_folder() -> None:
-        _check_disk_space(out, model, cfg)
-        _start_run_folder(cfg, out)
-        if cfg.resume:
-            _truncate_log(out / "log.jsonl", step)
-        config_text = (json.dumps(cfg.to_dict(), indent=2) + "\n").encode()
-        atomic_write(out / "config.json", lambda f: f.write(config_text))
 
-    on_main(start_folder)
-
-    crop = cfg.crop_size or None
-    tf = fdata.train_transforms(crop, scale_range=(cfg.scale_min, cfg.scale_max), hflip=cfg.hflip,
+def _loaders(cfg: TrainConfig, train_ds: fdata.SegmentationDataset, val_ds: Dataset, device: torch.device,
+             progress: bool) -> tuple[EpochSampler, DataLoader, DataLoader, Dataset]:
+    """(sampler, training loader, validation loader, the training set as decoded: cached or not)."""
+    ignore = train_ds.ignore_index
+    tf = fdata.train_transforms(cfg.crop_size or None, scale_range=(cfg.scale_min, cfg.scale_max), hflip=cfg.hflip,
                                 color_jitter=cfg.color_jitter, ignore_index=ignore)
-    decoded = _maybe_cached(train_ds, cfg.cache, progress and main)
+    decoded = _maybe_cached(train_ds, cfg.cache, progress)
     samples = SeededTransforms(decoded, tf, cfg.seed)
     sampler = EpochSampler(ShardedSampler(len(samples), shuffle=True, seed=cfg.seed, pad=True))
     # One loader for the whole run: its workers start once, not every epoch (persistent_workers).
@@ -413,126 +578,27 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, dry_run: bool = False)
     val_loader = DataLoader(val_ds, batch_size=1, sampler=ShardedSampler(len(val_ds), shuffle=False, pad=False),
                             num_workers=cfg.workers, collate_fn=fdata.pad_collate, persistent_workers=cfg.workers > 0,
                             worker_init_fn=_ignore_stop_signals, generator=torch.Generator().manual_seed(cfg.seed))
-    amp = resolve_precision(cfg.precision, device) == "bf16"
-    weights = _class_weights(train_ds, cfg.class_weights, progress and main, decoded)
-    if weights is not None:
-        weights = weights.to(device)
-    writer = _tensorboard(out) if main else None
-    epoch_start_step = step
-    best_path, last_path = out / "best.pt", out / "last.pt"
-    last = cfg.stop_at or cfg.max_steps
-    bar = Progress(last, "train", "step", enabled=progress and main, initial=step)
-    stop = _StopRequest()
+    return sampler, loader, val_loader, decoded
 
-    evaluated: nn.Module = model if ema is None else ema.module  # validated and saved as the model
 
-    def checkpoint(s: int, pos: int) -> Checkpoint:
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": s,
-                 "epoch": epoch, "sampler_pos": pos, "rng": _rng_state(), "best_miou": best,
-                 "world_size": world, "train_samples": len(train_ds)}
-        if ema is not None:  # the file's weights are the average; the raw ones resume training
-            state.update(raw_model=model.state_dict(), ema=ema.state_dict())
-        return Checkpoint(
-            model_name=cfg.model, model_args=model_args, state_dict=evaluated.state_dict(), classes=list(classes),
-            palette=list(palette), normalization=norm, ignore_index=ignore, config=cfg.to_dict(),
-            metrics=last_metrics, extra=task_extra(base.tasks), train_state=state,
-        )
-
-    reached = {"step": step, "pos": start}  # the last finished step, for a stop that comes between steps
-
-    def on_step(s: int, loss: float, ips: float) -> None:
-        nonlocal best, last_metrics
-        pos = start + (s - epoch_start_step) * cfg.batch_size
-        reached.update(step=s, pos=pos)
-        if ema is not None:
-            ema.update_parameters(model)
-        if main and (s % cfg.log_every == 0 or s == cfg.max_steps):
-            lr = optimizer.param_groups[0]["lr"]
-            _log(out, writer, {"step": s, "loss": loss, "lr": lr, "images_per_s": ips * world,
-                               "wall_s": round(time.monotonic() - t_start, 3)})
-        if s % cfg.val_every == 0 or s in (cfg.max_steps, cfg.stop_at):
-            with collective(f"validating at step {s}"):
-                cm = evaluate(evaluated, val_loader, num_classes=len(classes), norm=norm, device=device,
-                              ignore_index=ignore, amp=amp, progress=False)
-            m = cm.compute()
-            set_train_mode(model)
-            if main:
-                last_metrics = {"step": s, **m.to_dict()}
-                _log(out, writer, {"step": s, "val_pixel_acc": m.pixel_acc, "val_mean_acc": m.mean_acc,
-                                   "val_mean_iu": m.mean_iu, "val_fw_iu": m.fw_iu,
-                                   **{f"val_{t}_{k}": getattr(tm, k) for t, tm in m.tasks.items()
-                                      for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")}})
-                improved = m.mean_iu > best
-                best = max(best, m.mean_iu)
-                bar.write(_metrics_line(s, last, m, best))
-                ck = checkpoint(s, pos)
-                # best.pt first: a kill between the two writes leaves last.pt at the previous validation, so
-                # the resumed run validates this step again and rewrites best.pt the same way.
-                if improved:
-                    save_checkpoint(ck, best_path)
-                save_checkpoint(ck, last_path)
-        if any_rank(stop.signum is not None) and s < last:
-            name = signal.Signals(stop.signum).name if stop.signum else "a stop request to another rank"
-            if main:
-                save_checkpoint(checkpoint(s, pos), last_path)
-            raise TrainingInterrupted(s, last_path, name)
-
-    stop.install()
-    t_start = time.monotonic()  # wall_s in log.jsonl: seconds since this run (or resume) began stepping
-    try:
-        with collective("training"):
-            while step < last:
-                sampler.set_epoch(epoch, start)
-                epoch_start_step = step
-                step = train_one_epoch(step_model, loader, optimizer, scheduler, norm=norm, device=device,
-                                       loss_reduction=cfg.loss, ignore_index=ignore, amp=amp, max_steps=last,
-                                       step=step, on_step=on_step, progress=bar, channels_last=cfg.channels_last,
-                                       class_weights=weights)
-                epoch, start = epoch + 1, 0  # the loader ended (or max_steps was reached and the loop ends)
-                reached["pos"] = 0  # nothing of the new epoch is consumed yet
-    except RuntimeError as e:
-        if stop.signum is None or isinstance(e, DistributedError):
-            raise
-        # A SIGTERM to the whole process group also ended the loader workers: stop as asked, with the step reached.
-        if main:
-            save_checkpoint(checkpoint(reached["step"], reached["pos"]), last_path)
-        raise TrainingInterrupted(reached["step"], last_path, signal.Signals(stop.signum).name) from None
-    finally:
-        stop.restore()
-        bar.close()
-        if writer is not None:
-            writer.close()
+def _report_skipped(train_ds: fdata.SegmentationDataset, val_ds: Dataset) -> None:
     skipped = train_ds.skipped + (val_ds.skipped if isinstance(val_ds, fdata.SegmentationDataset) else 0)
-    if skipped and main:
-        log.warning("skipped %d sample loads that failed (--skip-bad; counted on this process, every epoch)",
+    if skipped and is_main():
+        log.warning("skipped %d sample loads that failed (skip_bad; counted on this process, every epoch)",
                     skipped)
-    return best_path
-
-
-def make_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
-    """Exponential moving average of ``model``'s weights and batch-norm statistics.
-
-    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so that a short run's
-    average is not dominated by the initial weights.
-    """
-    def average(avg: torch.Tensor, new: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        d = min(decay, (1 + int(n)) / (10 + int(n)))
-        return avg * d + new * (1 - d)
-
-    return torch.optim.swa_utils.AveragedModel(model, avg_fn=average, use_buffers=True)
 
 
 def _class_weights(ds: fdata.SegmentationDataset, mode: str, progress: bool,
                    decoded: Dataset | None = None) -> torch.Tensor | None:
-    """Median-frequency class weights over the training masks (``--class-weights median_freq``), or None.
+    """Median-frequency class weights over the training masks (``class_weights="median_freq"``), or None.
 
     The masks come from ``decoded`` when it is the decoded-image cache of ``ds`` (no second decoding pass).
     """
     if mode == "none":
         return None
     if ds.tasks:
-        raise ValueError(f"--class-weights {mode} is for single-task datasets; {ds} has tasks "
-                         f"{', '.join(ds.tasks)}; fix: --class-weights none")
+        raise ConfigError(f"class weights {mode} are for single-task datasets; {ds} has tasks "
+                          f"{', '.join(ds.tasks)}", fix="set {class_weights} to none")
     from .data.cache import DecodedCache
     from .losses import class_frequencies, median_frequency_weights
 
@@ -552,7 +618,7 @@ def _class_weights(ds: fdata.SegmentationDataset, mode: str, progress: bool,
 
 
 def _maybe_cached(ds: fdata.SegmentationDataset, mode: str, progress: bool) -> Dataset:
-    """``ds`` decoded into memory (:class:`~fcnseg.data.cache.DecodedCache`) when ``--cache`` says so."""
+    """``ds`` decoded into memory (:class:`~fcnseg.data.cache.DecodedCache`) when ``cache`` says so."""
     from .data.cache import DecodedCache, cache_decision
 
     use, why = cache_decision(ds, mode)
