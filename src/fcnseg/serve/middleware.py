@@ -7,6 +7,7 @@ enforced while the body streams in, so an oversized upload is refused without be
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -34,18 +35,7 @@ class BodyLimit:
             response = JSONResponse({"error": self._message(f"{int(length):,}")}, status_code=413)
             await response(scope, receive, send)
             return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise ApiError(413, self._message(f"over {seen:,}"))
-            return message
-
-        await self.app(scope, limited, send)
+        await self.app(scope, _LimitedReceive(receive, self.max_bytes, self._message), send)
 
 
 class RequestMetrics:
@@ -58,15 +48,37 @@ class RequestMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start, status = time.perf_counter(), 500  # an exception that escapes every handler becomes a 500
+        start = time.perf_counter()
 
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        send_status = _StatusSend(send)
         try:
             await self.app(scope, receive, send_status)
         finally:
-            self.metrics.observe_request(scope["path"], status, time.perf_counter() - start)
+            self.metrics.observe_request(scope["path"], send_status.status, time.perf_counter() - start)
+
+
+class _LimitedReceive:
+    """``receive`` that counts the body bytes and raises :class:`ApiError` 413 once they pass ``max_bytes``."""
+
+    def __init__(self, receive: Receive, max_bytes: int, message: Callable[[str], str]):
+        self.receive, self.max_bytes, self.message, self.seen = receive, max_bytes, message, 0
+
+    async def __call__(self) -> Message:
+        message = await self.receive()
+        if message["type"] == "http.request":
+            self.seen += len(message.get("body", b""))
+            if self.seen > self.max_bytes:
+                raise ApiError(413, self.message(f"over {self.seen:,}"))
+        return message
+
+
+class _StatusSend:
+    """``send`` that remembers the response's status (500 until one starts: an escaped exception is a 500)."""
+
+    def __init__(self, send: Send):
+        self.send, self.status = send, 500
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
