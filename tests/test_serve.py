@@ -347,7 +347,7 @@ def test_size_limit_and_upload_shape(tiny_ckpt):
                 yield big[i:i + 500]
 
         r = client.post("/v1/segment", content=chunks(), headers={"content-type": "image/png"})
-        assert r.status_code == 413 and "over the limit" in r.json()["error"]
+        assert r.status_code == 413 and "over the server's limit" in r.json()["error"]
         r = client.post("/v1/segment", files={"file": ("a.txt", b"hello", "text/plain")})
         assert r.status_code == 415
         r = client.post("/v1/segment", files={"image": ("a.png", small_png(8, 8), "image/png")})
