@@ -14,7 +14,15 @@ from fcnseg.checkpoint import load_checkpoint
 from fcnseg.config import TrainConfig, make_config
 from fcnseg.losses import segmentation_loss
 from fcnseg.models import build
-from fcnseg.models.batchnorm import freeze_batch_norm, frozen_batch_norms, has_batch_norm, unfreeze_batch_norm
+from fcnseg.models.batchnorm import (
+    FoldedBatchNorm2d,
+    FoldedConv2d,
+    FrozenBatchNorm2d,
+    freeze_batch_norm,
+    frozen_batch_norms,
+    has_batch_norm,
+    unfreeze_batch_norm,
+)
 from fcnseg.train import FROZEN_BN_WARMUP, batch_norm_mode, run_train
 from test_train import tiny_cfg
 
@@ -34,13 +42,13 @@ def _conv_bn_relu() -> nn.Sequential:
 
 def test_fold_by_hand():
     net = _conv_bn_relu()
-    assert freeze_batch_norm(net, in_channels=1) == (1, 1)
+    assert freeze_batch_norm(net) == (1, 1)
     x = torch.tensor([[[[1.0, -2.0]]]])  # (1, 1, 1, 2)
     y = net.train()(x)  # train mode: the statistics stay the running ones
     # channel 0: conv 2x+1 -> (2x+1-3)/2*0.5+1; x=1: 1.0, x=-2: -0.5 -> relu 0
     # channel 1: conv -x -> (-x+2)/0.5*2-1; x=1: 3.0, x=-2: 15.0
     torch.testing.assert_close(y, torch.tensor([[[[1.0, 0.0]], [[3.0, 15.0]]]]))
-    assert type(net[1]).__name__ == "FoldedBnBatchNorm2d" and not net[1].training
+    assert type(net[1]) is FoldedBatchNorm2d and not net[1].training
 
 
 def test_folded_gradients_equal_conv_then_frozen_batch_norm():
@@ -81,7 +89,7 @@ def test_folded_gradients_equal_conv_then_frozen_batch_norm():
 def test_statistics_stay_and_unfreeze_restores():
     net = _conv_bn_relu()
     before = net[1].running_mean.clone()
-    freeze_batch_norm(net, in_channels=1)
+    freeze_batch_norm(net)
     net.train()
     net(torch.randn(4, 1, 5, 5)).sum().backward()
     assert torch.equal(net[1].running_mean, before) and net[1].weight.grad is not None
@@ -111,7 +119,7 @@ def test_a_batch_norm_not_after_its_conv_is_frozen_not_folded():
         net.bn.running_var.copy_(torch.tensor([2.0, 0.5]))
     x = torch.randn(1, 2, 8, 8)
     expected = net.eval()(x)
-    assert freeze_batch_norm(net) == (1, 0)  # the probe check caught the order
+    assert freeze_batch_norm(net) == (1, 0)  # the traced forward shows the order
     torch.testing.assert_close(net.train()(x), expected)
     assert type(net.conv) is nn.Conv2d
 
