@@ -53,6 +53,8 @@ class FrozenBatchNorm2d(nn.Module):
     ``nn.BatchNorm2d``. ``unfrozen_type`` is the batch-norm class :meth:`to_batch_norm` rebuilds.
     """
 
+    _version = 2  # nn.BatchNorm2d's state-dict version (2: has num_batches_tracked), saved in the metadata
+
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, *,
                  drop: nn.Module | None = None, act: nn.Module | None = None,
                  unfrozen_type: type[nn.BatchNorm2d] = nn.BatchNorm2d) -> None:
