@@ -18,7 +18,7 @@ thousand multiplications), so gradients reach all three exactly as through conv 
 batch-norm pass and its backward disappear (the speed-up is measured in benchmarks/RESULTS.md,
 ``benchmarks/train_speed.py --bn-compare``). A batch norm is folded only where its parent module's forward,
 traced with ``torch.fx`` (children as opaque calls), feeds the convolution's output to the batch norm and to
-nothing else; elsewhere it is frozen only, and a log line says why.
+nothing else; elsewhere it is frozen only (a log line names each module whose forward does not trace).
 
 The replacements hold the very parameters and buffers of the modules they replace, under the same names, so
 ``state_dict`` keys are those of ``nn.Conv2d`` and ``nn.BatchNorm2d``: a checkpoint of a frozen model loads
@@ -121,8 +121,10 @@ class FoldedBatchNorm2d(FrozenBatchNorm2d):
     ``drop``/``act``. It still owns ``weight``, ``bias`` and the statistics (and their ``state_dict`` keys);
     ``folded_into`` names the convolution (its qualified name in the model)."""
 
-    def __init__(self, *args, folded_into: str = "", **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, *,
+                 drop: nn.Module | None = None, act: nn.Module | None = None,
+                 unfrozen_type: type[nn.BatchNorm2d] = nn.BatchNorm2d, folded_into: str = "") -> None:
+        super().__init__(num_features, eps, momentum, drop=drop, act=act, unfrozen_type=unfrozen_type)
         self.folded_into = folded_into
 
     def forward(self, x: Tensor) -> Tensor:
