@@ -11,6 +11,10 @@ random scale 0.5-2, 352-pixel crops, flips), batch 8, SGD, from the same seed, f
   learning-rate warm-up (``--batch-norm auto``), ``--precision auto``.
 * ``--variants``: fcnseg with one default changed at a time (NCHW, ``--batch-norm train``, no cache, 0/1
   workers, ``--compile``), shorter.
+* ``--bn-compare OLD_BATCHNORM_PY``: instead of the above, fcnseg's defaults with three implementations of
+  the frozen batch norm (issue 17): the file given (an older ``fcnseg/models/batchnorm.py``), and this tree's
+  modules with and without the fold into the convolutions; one after the other, ``--repeat`` rounds, each
+  round starting with the next variant.
 
 Images/s are measured between step ``--warmup`` and the last step (the rest of the wall time: data checks,
 caching, worker start, compilation, the final checkpoint, is reported as ``startup_s``), and expressed as a
@@ -22,12 +26,16 @@ configuration runs in its own process, in turn.
     python benchmarks/train_speed.py                  # ~6 minutes on a 2-core CPU
     python benchmarks/train_speed.py --variants       # + the ablation rows (~6 more)
     python benchmarks/train_speed.py --device cuda    # on a GPU (bf16 where native, via --precision auto)
+    git show 3c25ee1:src/fcnseg/models/batchnorm.py > /tmp/batchnorm_3c25ee1.py
+    python benchmarks/train_speed.py --bn-compare /tmp/batchnorm_3c25ee1.py --steps 25 --repeat 3
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
+import importlib.util
 import json
 import os
 import statistics
@@ -55,6 +63,10 @@ VARIANTS = {
     "fcnseg, 0 workers": {"workers": 0},
     "fcnseg --compile": {"compile": True},
 }
+# --bn-compare: the implementation of freeze_batch_norm each run uses (fcnseg's defaults otherwise)
+FROZE: list[tuple[int, int]] = []  # what freeze_batch_norm returned in this process
+BN_VARIANTS = {"fcnseg, BN old file": "old", "fcnseg, BN modules folded": "folded",
+               "fcnseg, BN modules unfolded": "unfolded"}
 
 
 def data_root() -> Path:
@@ -116,7 +128,8 @@ def summarise(r: dict, a: argparse.Namespace, step_flops: float, ceiling: float)
     ips = a.batch * (len(s) - w) / (s[-1] - s[w - 1])
     total = r.get("total_s", s[-1])  # fcnseg's includes data checks, caching and the final checkpoint
     return {"images_per_s": ips, "share_of_conv_peak": ips * step_flops / a.batch / 1e9 / ceiling,
-            "startup_s": total - len(s) * a.batch / ips, "losses": r["losses"]}
+            "startup_s": total - len(s) * a.batch / ips, "losses": r["losses"],
+            "frozen_folded": r.get("frozen_folded")}
 
 
 def training_step_flops(a: argparse.Namespace) -> float:
@@ -132,22 +145,73 @@ def training_step_flops(a: argparse.Namespace) -> float:
     return 3.0 * fc.get_total_flops()
 
 
+def use_batch_norm_code(kind: str, old_file: str | None) -> None:
+    """Make ``fcnseg train`` freeze batch norm with ``kind``'s code: ``old`` (``freeze_batch_norm`` and
+    ``has_batch_norm`` of ``old_file``), ``unfolded`` (this tree's, ``fold=False``) or ``folded`` (as it is)."""
+    import fcnseg.train  # noqa: F401  (loads every module that imports the functions below)
+    from fcnseg.models import batchnorm
+
+    if kind == "old":
+        spec = importlib.util.spec_from_file_location("fcnseg_batchnorm_old", old_file)
+        assert spec is not None and spec.loader is not None, old_file
+        old = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(old)
+        swap = {"freeze_batch_norm": old.freeze_batch_norm, "has_batch_norm": old.has_batch_norm}
+    elif kind == "unfolded":
+        swap = {"freeze_batch_norm": functools.partial(batchnorm.freeze_batch_norm, fold=False)}
+    else:
+        swap = {"freeze_batch_norm": batchnorm.freeze_batch_norm}
+    freeze = swap["freeze_batch_norm"]
+
+    def counted(model: torch.nn.Module) -> tuple[int, int]:  # (frozen, folded), kept in the run's result
+        FROZE.append(freeze(model))
+        return FROZE[-1]
+
+    swap["freeze_batch_norm"] = counted
+    for name, new in swap.items():
+        was = getattr(batchnorm, name)
+        for module in [m for n, m in sys.modules.items() if n.startswith("fcnseg")]:
+            if getattr(module, name, None) is was:
+                setattr(module, name, new)
+
+
 def child(a: argparse.Namespace) -> None:
     torch.set_num_threads(torch.get_num_threads())
-    r = plain_loop(a) if a.child == "plain" else fcnseg_run(a, VARIANTS[a.child])
+    if a.child in BN_VARIANTS:
+        use_batch_norm_code(BN_VARIANTS[a.child], a.old_batchnorm)
+    r = plain_loop(a) if a.child == "plain" else fcnseg_run(a, VARIANTS.get(a.child, {}))
+    r["frozen_folded"] = FROZE
     print("RESULT " + json.dumps(r))
 
 
 def run_child(name: str, a: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--child", name, "--steps", str(a.steps if name in ("plain", "fcnseg") else
-                                                                    a.variant_steps),
+    main_run = name in ("plain", "fcnseg", *BN_VARIANTS)
+    cmd = [sys.executable, __file__, "--child", name, "--steps", str(a.steps if main_run else a.variant_steps),
            "--batch", str(a.batch), "--crop", str(a.crop), "--seed", str(a.seed), "--device", a.device]
+    if name in BN_VARIANTS:
+        cmd += ["--old-batchnorm", str(Path(a.bn_compare).resolve())]
     print(f"== {name}", flush=True)
     out = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     if out.returncode or not lines:
         sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
     return json.loads(lines[-1][7:])
+
+
+def bn_table(rows: dict[str, list[dict]]) -> None:
+    """--bn-compare: images/s of every round (each round ran the variants back to back) and each variant's
+    ratio to the old file's in the same round; the losses of the first steps (the same seed: equal up to
+    floating-point rounding where the computation is the same)."""
+    names = list(BN_VARIANTS)
+    print("\n| round | " + " | ".join(names) + " | " + " | ".join(f"{n} / old" for n in names[1:]) + " |")
+    print("|---" * (2 * len(names)) + "|")
+    for i in range(len(rows[names[0]])):
+        ips = [rows[n][i]["images_per_s"] for n in names]
+        print(f"| {i + 1} | " + " | ".join(f"{v:.2f}" for v in ips) + " | "
+              + " | ".join(f"{v / ips[0]:.3f}" for v in ips[1:]) + " |")
+    print("\n(frozen, folded) batch norms: " + "; ".join(f"{n}: {rows[n][0]['frozen_folded']}" for n in names))
+    print("first losses: " + "; ".join(f"{n}: " + ", ".join(f"{v:.4f}" for v in rows[n][0]["losses"][:5])
+                                         for n in names))
 
 
 def main() -> None:
@@ -162,8 +226,12 @@ def main() -> None:
     p.add_argument("--variants", action="store_true", help="also fcnseg with each default changed")
     p.add_argument("--only", nargs="*", default=None, help="run only these variants (names as in the table)")
     p.add_argument("--repeat", type=int, default=1, help="alternate plain/fcnseg this many times")
+    p.add_argument("--bn-compare", metavar="OLD_BATCHNORM_PY",
+                   help="instead: fcnseg with this file's frozen batch norm, this tree's folded and this tree's "
+                        "unfolded, one after the other, --repeat rounds")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--old-batchnorm", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
         return child(a)
@@ -177,24 +245,31 @@ def main() -> None:
     print(f"fp32 conv ceiling {ceiling:.0f} GFLOP/s; one training step {step_flops / 1e9:.0f} GFLOP "
           f"({step_flops / a.batch / 1e9:.1f} per image)", flush=True)
     rows: dict[str, list[dict]] = {}
-    for _ in range(a.repeat):
-        for name in ("plain", "fcnseg"):
+    rounds = tuple(BN_VARIANTS) if a.bn_compare else ("plain", "fcnseg")
+    for i in range(a.repeat):
+        for name in rounds[i % len(rounds):] + rounds[:i % len(rounds)]:  # the order turns: drift hits all
             rows.setdefault(name, []).append(summarise(run_child(name, a), a, step_flops, ceiling))
+            print(f"round {i + 1}: {name}: {rows[name][-1]['images_per_s']:.2f} images/s", flush=True)
     if a.variants or a.only:
         for name in [v for v in list(VARIANTS)[1:] if a.only is None or v in a.only]:
             rows[name] = [summarise(run_child(name, a), a, step_flops, ceiling)]
-    plain = statistics.median(r["images_per_s"] for r in rows["plain"])
+    base = "plain" if "plain" in rows else next(iter(rows))
+    plain = statistics.median(r["images_per_s"] for r in rows[base])
 
-    print("\n| run | images/s | vs plain | share of fp32 conv peak | start-up s |\n|---|---|---|---|---|")
+    print(f"\n| run | images/s | vs {base} | share of fp32 conv peak | start-up s |\n|---|---|---|---|---|")
     for name, rs in rows.items():
         ips = statistics.median(r["images_per_s"] for r in rs)
         share = statistics.median(r["share_of_conv_peak"] for r in rs)
         print(f"| {name} | {ips:.2f} | {ips / plain:.2f}x | {100 * share:.0f}% "
               f"| {statistics.median(r['startup_s'] for r in rs):.1f} |")
-    lp, lf = rows["plain"][0]["losses"], rows["fcnseg"][0]["losses"]
-    print("\nloss, mean over steps | plain | fcnseg |\n|---|---|---|")
-    for lo in range(0, min(len(lp), len(lf)), 10):
-        print(f"| {lo + 1}-{lo + 10} | {statistics.mean(lp[lo:lo + 10]):.3f} | {statistics.mean(lf[lo:lo + 10]):.3f} |")
+    if a.bn_compare:
+        bn_table(rows)
+    else:
+        lp, lf = rows["plain"][0]["losses"], rows["fcnseg"][0]["losses"]
+        print("\nloss, mean over steps | plain | fcnseg |\n|---|---|---|")
+        for lo in range(0, min(len(lp), len(lf)), 10):
+            print(f"| {lo + 1}-{lo + 10} | {statistics.mean(lp[lo:lo + 10]):.3f} "
+                  f"| {statistics.mean(lf[lo:lo + 10]):.3f} |")
     if a.json:
         Path(a.json).write_text(json.dumps({"machine": machine, "date": datetime.date.today().isoformat(),
                                             "ceiling_gflops": ceiling, "step_flops": step_flops, "rows": rows},

@@ -1,9 +1,10 @@
-"""Frozen batch norm folded into the convolution before it (``fcnseg.models.batchnorm``, ``--batch-norm``)."""
+"""Frozen batch norm as modules, folded into the convolution before it (``fcnseg.models.batchnorm``)."""
 
 from __future__ import annotations
 
 import copy
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,15 @@ from fcnseg.checkpoint import load_checkpoint
 from fcnseg.config import TrainConfig, make_config
 from fcnseg.losses import segmentation_loss
 from fcnseg.models import build
-from fcnseg.models.batchnorm import freeze_batch_norm, frozen_batch_norms, has_batch_norm, unfreeze_batch_norm
+from fcnseg.models.batchnorm import (
+    FoldedBatchNorm2d,
+    FoldedConv2d,
+    FrozenBatchNorm2d,
+    freeze_batch_norm,
+    frozen_batch_norms,
+    has_batch_norm,
+    unfreeze_batch_norm,
+)
 from fcnseg.train import FROZEN_BN_WARMUP, batch_norm_mode, run_train
 from test_train import tiny_cfg
 
@@ -34,32 +43,41 @@ def _conv_bn_relu() -> nn.Sequential:
 
 def test_fold_by_hand():
     net = _conv_bn_relu()
-    assert freeze_batch_norm(net, in_channels=1) == (1, 1)
+    assert freeze_batch_norm(net) == (1, 1)
     x = torch.tensor([[[[1.0, -2.0]]]])  # (1, 1, 1, 2)
     y = net.train()(x)  # train mode: the statistics stay the running ones
     # channel 0: conv 2x+1 -> (2x+1-3)/2*0.5+1; x=1: 1.0, x=-2: -0.5 -> relu 0
     # channel 1: conv -x -> (-x+2)/0.5*2-1; x=1: 3.0, x=-2: 15.0
     torch.testing.assert_close(y, torch.tensor([[[[1.0, 0.0]], [[3.0, 15.0]]]]))
-    assert type(net[1]).__name__ == "FoldedBnBatchNorm2d" and not net[1].training
+    assert type(net[1]) is FoldedBatchNorm2d and not net[1].training
 
 
-def test_folded_gradients_equal_conv_then_frozen_batch_norm():
-    """Through two SGD steps: the fold is recomputed from the trained weights at every forward pass."""
+def _lite0(num_classes: int = 3) -> nn.Module:
+    """EfficientNet-Lite0 FCN-32s with batch-norm statistics and affine parameters unlike the defaults (mean 0,
+    var 1, gamma 1, beta 0), so that a wrong fold or a lost tensor shows."""
     torch.manual_seed(0)
-    model = build("fcn32s_efficientnet_lite0", num_classes=3).double()
-    with torch.no_grad():  # statistics unlike the defaults (mean 0, var 1), so a wrong fold shows
+    model = build("fcn32s_efficientnet_lite0", num_classes=num_classes)
+    with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.2, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_folded_gradients_equal_conv_then_frozen_batch_norm(fold):
+    """Through two SGD steps: the fold is recomputed from the trained weights at every forward pass."""
+    model = _lite0().double()
     ref = copy.deepcopy(model).train()
     for m in ref.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.eval()  # frozen, the plain way
-    frozen, folded = freeze_batch_norm(model)
-    assert frozen == folded == sum(isinstance(m, nn.BatchNorm2d) for m in ref.modules()) > 40
+    frozen, folded = freeze_batch_norm(model, fold=fold)
+    assert frozen == sum(isinstance(m, nn.BatchNorm2d) for m in ref.modules()) > 40
+    assert folded == (frozen if fold else 0)
     model.train()
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     y = torch.randint(0, 3, (2, 64, 64))
@@ -81,7 +99,7 @@ def test_folded_gradients_equal_conv_then_frozen_batch_norm():
 def test_statistics_stay_and_unfreeze_restores():
     net = _conv_bn_relu()
     before = net[1].running_mean.clone()
-    freeze_batch_norm(net, in_channels=1)
+    freeze_batch_norm(net)
     net.train()
     net(torch.randn(4, 1, 5, 5)).sum().backward()
     assert torch.equal(net[1].running_mean, before) and net[1].weight.grad is not None
@@ -111,9 +129,91 @@ def test_a_batch_norm_not_after_its_conv_is_frozen_not_folded():
         net.bn.running_var.copy_(torch.tensor([2.0, 0.5]))
     x = torch.randn(1, 2, 8, 8)
     expected = net.eval()(x)
-    assert freeze_batch_norm(net) == (1, 0)  # the probe check caught the order
+    assert freeze_batch_norm(net) == (1, 0)  # the traced forward shows the order
     torch.testing.assert_close(net.train()(x), expected)
     assert type(net.conv) is nn.Conv2d
+
+
+class _ConvOutputUsedTwice(nn.Module):
+    """conv -> bn, but the conv's output is also added after the bn: folding would change the sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+        self.bn = nn.BatchNorm2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.bn(y) + y
+
+
+class _ShapeBranch(nn.Module):
+    """conv -> bn behind a branch on the input's size, which torch.fx cannot trace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+        self.bn = nn.BatchNorm2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] > 4:
+            x = x[..., :4]
+        return self.bn(self.conv(x))
+
+
+@pytest.mark.parametrize("net_type", [_ConvOutputUsedTwice, _ShapeBranch])
+def test_batch_norms_not_fed_by_their_conv_alone_are_frozen_not_folded(net_type, caplog):
+    torch.manual_seed(0)
+    net = net_type()
+    with torch.no_grad():
+        net.bn.running_mean.copy_(torch.tensor([1.0, -1.0]))
+        net.bn.running_var.copy_(torch.tensor([2.0, 0.5]))
+    x = torch.randn(1, 2, 8, 8)
+    expected = net.eval()(x)
+    with caplog.at_level("INFO", logger="fcnseg.models.batchnorm"):
+        assert freeze_batch_norm(net) == (1, 0)
+    assert type(net.conv) is nn.Conv2d and type(net.bn) is FrozenBatchNorm2d
+    torch.testing.assert_close(net.train()(x), expected)
+    traced = net_type is _ConvOutputUsedTwice
+    assert traced != any("does not trace" in r.getMessage() for r in caplog.records)  # the fallback says so
+
+
+def test_print_and_type_show_classes_defined_in_the_source():
+    model = _lite0()
+    assert freeze_batch_norm(model) == (49, 49)
+    body = model.encoder.body
+    assert type(body.conv_stem) is FoldedConv2d and type(body.bn1) is FoldedBatchNorm2d
+    assert body.conv_stem.bn is body.bn1  # the fold reads the registered batch norm's gamma, beta, statistics
+    text = str(model)
+    assert "FoldedConv2d(3, 32, kernel_size=(3, 3)" in text and ", folds bn1)" in text
+    assert "FoldedBatchNorm2d(\n        32, eps=0.001, folded into encoder.body.conv_stem" in text
+    for m in model.modules():  # every class print(model) names is the one its module defines
+        assert getattr(sys.modules[type(m).__module__], type(m).__qualname__) is type(m)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    ema = copy.deepcopy(model)  # EMA copies: each copy folds its own batch norms
+    assert ema.encoder.body.conv_stem.bn is ema.encoder.body.bn1 and ema.encoder.body.bn1 is not body.bn1
+    unfreeze_batch_norm(model)
+    assert type(body.conv_stem) is nn.Conv2d and type(body.bn1).__name__ == "BatchNormAct2d"  # timm's, again
+    assert type(body.bn1.act) is nn.ReLU6 and "Folded" not in str(model) and "Frozen" not in str(model)
+
+
+def test_a_frozen_models_state_dict_loads_strictly_into_a_plain_model_and_back():
+    model = _lite0()
+    with torch.no_grad():  # the score layers start at zero: give the output something to show
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    plain_sd = copy.deepcopy(model.state_dict())
+    freeze_batch_norm(model)
+    sd = model.state_dict()
+    assert list(sd) == list(plain_sd) and all(torch.equal(sd[k], plain_sd[k]) for k in sd)
+    plain = build("fcn32s_efficientnet_lite0", num_classes=3)
+    plain.load_state_dict(sd, strict=True)  # eval, export and serve build plain models
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(plain.eval()(x), model.train()(x), rtol=1e-4, atol=1e-5)
+    again = _lite0()
+    freeze_batch_norm(again)
+    again.load_state_dict(plain.state_dict(), strict=True)  # resume loads into the frozen model
+    torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)
 
 
 def test_auto_is_frozen_for_trained_encoders_only():
@@ -150,5 +250,5 @@ def test_resume_keeps_the_runs_batch_norm_mode(data_root, tmp_path):
     run_train(cfg, progress=False)
     again = tiny_cfg(data_root, out, model="fcn32s_efficientnet_lite0", model_args={}, batch_norm="frozen",
                      max_steps=2, val_every=1, resume=str(out / "last.pt"), overwrite=True)
-    with pytest.raises(ValueError, match="trained with batch norm train.*fix: resume with --batch-norm train"):
+    with pytest.raises(ValueError, match="trained with batch norm train.*fix: resume with `batch_norm` train"):
         run_train(again, progress=False)

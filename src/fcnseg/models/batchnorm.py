@@ -1,191 +1,254 @@
-"""Frozen batch norm for fine-tuning, folded into the convolution before it (the training fast path).
+"""Frozen batch norm for fine-tuning, as modules: :class:`FrozenBatchNorm2d`, and its fold into the convolution
+before it (:class:`FoldedConv2d` + :class:`FoldedBatchNorm2d`).
 
 When an encoder starts from trained weights (ImageNet, or an earlier fcnseg run), its batch-norm statistics are
 already estimated; fine-tuning with small batches (8 crops on a CPU) gains little from re-estimating them, and
-detectron2's ``FrozenBatchNorm2d`` and DeepLab's fine-tuning keep them fixed. Frozen, a batch norm is an affine
-map ``y = gamma * (x - mean) / sqrt(var + eps) + beta`` with fixed ``mean``/``var`` and trained ``gamma``/``beta``,
-and an affine map after a convolution folds into the convolution's weights and bias:
+detectron2's and torchvision's ``FrozenBatchNorm2d`` and DeepLab's fine-tuning keep them fixed. Frozen, a batch
+norm is an affine map ``y = gamma * (x - mean) / sqrt(var + eps) + beta`` with fixed ``mean``/``var``; unlike
+``torchvision.ops.FrozenBatchNorm2d`` (whose ``gamma``/``beta`` are buffers) fcnseg keeps ``gamma``/``beta``
+trained, as ``nn.BatchNorm2d`` in eval mode would. ``fcnseg train`` freezes them when the encoder starts trained
+(``--batch-norm auto``), behind a 50-step learning-rate warm-up: without one, fine-tuning at lr 0.01 diverged.
 
-    w' = w * s,   b' = beta + (b - mean) * s,   s = gamma / sqrt(var + eps)        (per output channel)
+An affine map after a convolution folds into the convolution's weights and bias (per output channel):
 
-The folded convolution is recomputed from ``w``, ``gamma`` and ``beta`` at every forward pass (a few thousand
-multiplications), so gradients reach all three exactly as through conv -> frozen BN, and the per-pixel batch-norm
-pass and its backward disappear: ``fcnseg train`` of the EfficientNet-Lite0 FCN-8s ran at 6.96 against
-5.97 images/s with ``--batch-norm train`` (1.17x; ``benchmarks/train_speed.py``, benchmarks/RESULTS.md).
-``fcnseg train`` freezes them when the encoder starts trained (``--batch-norm auto``), behind a 50-step
-learning-rate warm-up: without one, fine-tuning at lr 0.01 diverged.
+    w' = w * s,   b' = beta + (b - mean) * s,   s = gamma / sqrt(var + eps)
 
-Parameters, buffers and ``state_dict`` keys are unchanged (the modules change class, not contents), so
-checkpoints load into unfolded models and the other way round. A batch norm whose input is not the output of the
-convolution registered just before it is left unfolded (frozen only); :func:`freeze_batch_norm` checks the folded
-model against the unfolded one on a probe input and undoes the fold if they differ.
+:class:`FoldedConv2d` recomputes ``w'`` and ``b'`` from ``w``, ``gamma`` and ``beta`` at every forward pass (a few
+thousand multiplications), so gradients reach all three exactly as through conv -> frozen BN, and the per-pixel
+batch-norm pass and its backward disappear (the speed-up is measured in benchmarks/RESULTS.md,
+``benchmarks/train_speed.py --bn-compare``). A batch norm is folded only where its parent module's forward,
+traced with ``torch.fx`` (children as opaque calls), feeds the convolution's output to the batch norm and to
+nothing else; elsewhere it is frozen only (a log line names each module whose forward does not trace).
+
+The replacements hold the very parameters and buffers of the modules they replace, under the same names, so
+``state_dict`` keys are those of ``nn.Conv2d`` and ``nn.BatchNorm2d``: a checkpoint of a frozen model loads
+strictly into a plain one (evaluation, export, serving) and the other way round.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
+
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["freeze_batch_norm", "unfreeze_batch_norm", "has_batch_norm", "frozen_batch_norms"]
+__all__ = ["FrozenBatchNorm2d", "FoldedBatchNorm2d", "FoldedConv2d", "freeze_batch_norm", "unfreeze_batch_norm",
+           "has_batch_norm", "frozen_batch_norms"]
+
+log = logging.getLogger(__name__)
+
+# timm's BatchNormAct2d normalises, then applies these children in this order; a plain BatchNorm2d has none.
+_AFTER = ("drop", "act")
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """A 2-d batch norm with fixed running statistics and trained ``weight`` (gamma) and ``bias`` (beta).
+
+    Computes ``nn.BatchNorm2d``'s eval-mode output in training mode too (``train()`` leaves it in eval mode), then
+    the optional ``drop`` and ``act`` children (timm's ``BatchNormAct2d``). Parameters ``weight``, ``bias``;
+    buffers ``running_mean``, ``running_var``, ``num_batches_tracked``: the ``state_dict`` keys of
+    ``nn.BatchNorm2d``. ``unfrozen_type`` is the batch-norm class :meth:`to_batch_norm` rebuilds.
+    """
+
+    _version = 2  # nn.BatchNorm2d's state-dict version (2: has num_batches_tracked), saved in the metadata
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, *,
+                 drop: nn.Module | None = None, act: nn.Module | None = None,
+                 unfrozen_type: type[nn.BatchNorm2d] = nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum  # momentum: for unfreezing only
+        self.unfrozen_type = unfrozen_type
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        if drop is not None:
+            self.drop = drop
+        if act is not None:
+            self.act = act
+        self.training = False
+
+    @classmethod
+    def from_batch_norm(cls, bn: nn.BatchNorm2d) -> FrozenBatchNorm2d:
+        """The frozen form of ``bn``, sharing its parameters, buffers and ``drop``/``act`` children."""
+        frozen = cls(bn.num_features, bn.eps, bn.momentum, unfrozen_type=type(bn),
+                     **{name: getattr(bn, name) for name in _AFTER if hasattr(bn, name)})
+        frozen.weight, frozen.bias = bn.weight, bn.bias
+        frozen.running_mean, frozen.running_var = bn.running_mean, bn.running_var
+        frozen.num_batches_tracked = bn.num_batches_tracked
+        return frozen
+
+    def to_batch_norm(self) -> nn.BatchNorm2d:
+        """A training batch norm of ``unfrozen_type`` sharing this one's parameters, buffers and children."""
+        bn = self.unfrozen_type(self.num_features, eps=self.eps, momentum=self.momentum)
+        bn.weight, bn.bias = self.weight, self.bias
+        bn.running_mean, bn.running_var = self.running_mean, self.running_var
+        bn.num_batches_tracked = self.num_batches_tracked
+        for name, child in self.named_children():  # drop, act
+            setattr(bn, name, child)
+        return bn
+
+    def train(self, mode: bool = True) -> FrozenBatchNorm2d:
+        """Children follow ``mode``; the statistics stay fixed, so this module stays in eval mode."""
+        super().train(mode)
+        self.training = False
+        return self
+
+    def normalise(self, x: Tensor) -> Tensor:
+        """``gamma * (x - mean) / sqrt(var + eps) + beta`` per channel of ``x`` (N, C, H, W)."""
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+    def after(self, x: Tensor) -> Tensor:
+        """What follows the normalisation: ``drop`` then ``act``, where present."""
+        for name in _AFTER:
+            if name in self._modules:
+                x = self._modules[name](x)  # type: ignore[misc]
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.after(self.normalise(x))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+
+class FoldedBatchNorm2d(FrozenBatchNorm2d):
+    """A :class:`FrozenBatchNorm2d` whose normalisation :class:`FoldedConv2d` computes: its forward applies only
+    ``drop``/``act``. It still owns ``weight``, ``bias`` and the statistics (and their ``state_dict`` keys);
+    ``folded_into`` names the convolution (its qualified name in the model)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, *,
+                 drop: nn.Module | None = None, act: nn.Module | None = None,
+                 unfrozen_type: type[nn.BatchNorm2d] = nn.BatchNorm2d, folded_into: str = "") -> None:
+        super().__init__(num_features, eps, momentum, drop=drop, act=act, unfrozen_type=unfrozen_type)
+        self.folded_into = folded_into
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.after(x)  # x is already normalised: FoldedConv2d computed it
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, folded into {self.folded_into}"
+
+
+class FoldedConv2d(nn.Conv2d):
+    """``nn.Conv2d`` followed by a frozen batch norm, computed as one convolution with ``w'``, ``b'`` of the module
+    docstring, recomputed at every call. Owns ``weight`` (and ``bias``) under ``nn.Conv2d``'s keys; the batch norm
+    (``bn``, a :class:`FoldedBatchNorm2d` registered in the model under ``bn.folded_into``'s sibling name) owns
+    gamma, beta and the statistics. ``bn`` is a reference, not a child, so that no ``state_dict`` key moves."""
+
+    def __init__(self, conv: nn.Conv2d, bn: FoldedBatchNorm2d, bn_name: str) -> None:
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,  # type: ignore[arg-type]
+                         conv.padding, conv.dilation, conv.groups, conv.bias is not None,  # type: ignore[arg-type]
+                         conv.padding_mode, device="meta")
+        self.weight, self.bias = conv.weight, conv.bias
+        object.__setattr__(self, "bn", bn)  # not registered: the model registers it where it was
+        self.bn_name = bn_name
+
+    def to_conv(self) -> nn.Conv2d:
+        """The plain ``nn.Conv2d``, sharing this one's ``weight`` and ``bias``."""
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,  # type: ignore[arg-type]
+                         self.padding, self.dilation, self.groups, self.bias is not None,  # type: ignore[arg-type]
+                         self.padding_mode, device="meta")
+        conv.weight, conv.bias = self.weight, self.bias
+        return conv
+
+    def forward(self, x: Tensor) -> Tensor:
+        bn: FoldedBatchNorm2d = self.bn  # type: ignore[assignment]
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # (C_out,)
+        weight = self.weight * scale.reshape(-1, 1, 1, 1)  # (C_out, C_in / groups, kH, kW)
+        shift = bn.running_mean if self.bias is None else bn.running_mean - self.bias
+        return self._conv_forward(x, weight, bn.bias - shift * scale)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, folds {self.bn_name}"
+
+
+def _freezable(m: nn.Module) -> bool:
+    """A plain ``nn.BatchNorm2d``, or a subclass whose only children are ``drop``/``act`` (timm's
+    ``BatchNormAct2d``), with affine parameters and running statistics."""
+    return (isinstance(m, nn.BatchNorm2d) and (type(m) is nn.BatchNorm2d or (
+        any(True for _ in m.children()) and all(n in _AFTER for n, _ in m.named_children())))
+            and m.affine and m.track_running_stats and m.running_mean is not None and m.running_var is not None)
 
 
 def has_batch_norm(model: nn.Module) -> bool:
-    """Whether ``model`` has a 2-d batch norm that tracks running statistics."""
-    return any(_foldable_bn(m) for m in model.modules())
-
-
-def _foldable_bn(m: nn.Module) -> bool:
-    return (isinstance(m, nn.BatchNorm2d) and m.affine and m.track_running_stats
-            and m.running_mean is not None and m.running_var is not None)
-
-
-def _keep_eval(self: nn.Module, mode: bool = True) -> nn.Module:
-    """``train()`` of a frozen batch norm: statistics stay fixed, so the module stays in eval mode."""
-    for child in self.children():
-        child.train(mode)
-    self.training = False
-    return self
-
-
-def _bn_act_only(self: nn.Module, x: Tensor) -> Tensor:
-    """Forward of a batch norm folded into its convolution: only what follows the normalisation (timm's
-    ``BatchNormAct2d`` applies dropout and an activation; plain ``BatchNorm2d`` nothing)."""
-    drop, act = getattr(self, "drop", None), getattr(self, "act", None)
-    if drop is not None:
-        x = drop(x)
-    return act(x) if act is not None else x
-
-
-def _folded_conv_forward(self: nn.Conv2d, x: Tensor) -> Tensor:
-    """Forward of a convolution with the frozen batch norm after it folded in (the module docstring's formula)."""
-    bn = self._fcnseg_folded_bn  # type: ignore[attr-defined]
-    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # (C_out,)
-    weight = self.weight * scale.reshape(-1, *([1] * (self.weight.dim() - 1)))
-    shift = bn.running_mean if self.bias is None else bn.running_mean - self.bias
-    bias = bn.bias - shift * scale
-    return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
-
-
-_CLASSES: dict[tuple[type, str], type] = {}
-
-
-def _swap(m: nn.Module, kind: str) -> None:
-    """Give ``m`` a subclass of its class with the ``kind`` behaviour; its contents stay as they are."""
-    base = m.__class__
-    key = (base, kind)
-    if key not in _CLASSES:
-        body = {"frozen": {"train": _keep_eval},
-                "folded_bn": {"train": _keep_eval, "forward": _bn_act_only},
-                "folded_conv": {"forward": _folded_conv_forward}}[kind]
-        _CLASSES[key] = type(f"{kind.title().replace('_', '')}{base.__name__}", (base,),
-                             {**body, "_fcnseg_base": base})
-    m.__class__ = _CLASSES[key]
-
-
-def _swapped(m: nn.Module) -> bool:
-    return hasattr(type(m), "_fcnseg_base")
-
-
-def _unswap(m: nn.Module) -> None:
-    base = getattr(type(m), "_fcnseg_base", None)
-    if base is not None:
-        m.__class__ = base
-        m.__dict__.pop("_fcnseg_folded_bn", None)
+    """Whether ``model`` has a 2-d batch norm with running statistics (trained, or frozen by this module)."""
+    return any(_freezable(m) or isinstance(m, FrozenBatchNorm2d) for m in model.modules())
 
 
 def frozen_batch_norms(model: nn.Module) -> tuple[int, int]:
     """``(frozen, folded)``: how many batch norms of ``model`` are frozen, and how many of those are folded."""
-    frozen = folded = 0
-    for m in model.modules():
-        base = getattr(type(m), "_fcnseg_base", None)
-        if base is not None and issubclass(base, nn.BatchNorm2d):
-            frozen += 1
-            folded += type(m).forward is _bn_act_only
-    return frozen, folded
+    found = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    return len(found), sum(isinstance(m, FoldedBatchNorm2d) for m in found)
 
 
-def _fold_pairs(model: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
-    """(conv, bn) siblings registered one after the other, where the bn normalises the conv's output channels."""
+class _ChildrenAsLeaves(torch.fx.Tracer):
+    """Traces one module's own forward; every submodule call is one opaque ``call_module`` node."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return True
+
+
+def _fold_pairs(parent: nn.Module, prefix: str) -> list[tuple[str, str]]:
+    """``(conv, bn)`` child names of ``parent`` where, in its forward, the convolution's output goes to the batch
+    norm and nowhere else, each called once. Empty (and a log line) when the forward does not trace."""
+    kids = dict(parent.named_children())
+    if not (any(type(k) is nn.Conv2d for k in kids.values()) and any(_freezable(k) for k in kids.values())):
+        return []
+    try:
+        graph = _ChildrenAsLeaves().trace(parent)
+    except Exception as e:  # noqa: BLE001  any forward torch.fx cannot follow (shape-dependent branches...)
+        log.info("batch norm: frozen, not folded, in %s (%s): its forward does not trace (%s)",
+                 prefix or "the model", type(parent).__name__, str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return []
+    calls = [n for n in graph.nodes if n.op == "call_module"]
+    count = Counter(n.target for n in calls)
     pairs = []
-    for parent in model.modules():
-        children = list(parent.children())
-        for conv, bn in zip(children, children[1:], strict=False):
-            if (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and _foldable_bn(bn)
-                    and bn.num_features == conv.out_channels and not _swapped(bn)):
-                pairs.append((conv, bn))
+    for node in calls:
+        bn, src = kids.get(str(node.target)), node.args[0] if len(node.args) == 1 and not node.kwargs else None
+        if not (_freezable(bn) and isinstance(src, torch.fx.Node) and src.op == "call_module"):
+            continue
+        conv = kids.get(str(src.target))
+        if (type(conv) is nn.Conv2d and conv.out_channels == bn.num_features  # type: ignore[union-attr]
+                and count[node.target] == count[src.target] == 1 and len(src.users) == 1):
+            pairs.append((str(src.target), str(node.target)))
     return pairs
 
 
-def _outputs(model: nn.Module, x: Tensor) -> list[Tensor]:
-    out = model(x)
-    if isinstance(out, Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [v for v in out.values() if isinstance(v, Tensor)]
-    return [v for v in out if isinstance(v, Tensor)]
+def freeze_batch_norm(model: nn.Module, *, fold: bool = True) -> tuple[int, int]:
+    """Freeze every batch norm inside ``model`` (running statistics fixed, gamma and beta trained), in place, by
+    replacing it with a :class:`FrozenBatchNorm2d`; returns :func:`frozen_batch_norms`' ``(frozen, folded)``.
 
-
-@torch.no_grad()
-def _fold_matches(model: nn.Module, pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]], in_channels: int,
-                  size: int = 64) -> bool:
-    """Whether folding ``pairs`` leaves ``model``'s eval-mode output unchanged on a probe input."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        p = next(model.parameters())
-        x = torch.randn(1, in_channels, size, size, generator=torch.Generator().manual_seed(0)).to(p.device, p.dtype)
-        before = _outputs(model, x)
-        for conv, bn in pairs:
-            _fold(conv, bn)
-        after = _outputs(model, x)
-        ok = len(before) == len(after) and all(
-            a.shape == b.shape and torch.allclose(a, b, rtol=1e-3, atol=1e-3 * (1 + float(b.abs().max())))
-            for a, b in zip(before, after, strict=True))
-    finally:
-        for m, t in modes.items():
-            m.training = t
-    return ok
-
-
-def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-    conv.__dict__["_fcnseg_folded_bn"] = bn  # a plain reference: not a submodule, not in state_dict
-    _swap(conv, "folded_conv")
-    _swap(bn, "folded_bn")
-
-
-def freeze_batch_norm(model: nn.Module, *, in_channels: int | None = None) -> tuple[int, int]:
-    """Freeze the running statistics of every batch norm of ``model``, in place; returns ``(frozen, folded)``.
-
-    Frozen batch norms stay in eval mode through ``model.train()``; ``gamma`` and ``beta`` still train. Each one
-    that directly follows a convolution is computed inside it (module docstring), after a probe check that the
-    folded model's eval output equals the unfolded one's (else nothing is folded).
-    ``in_channels`` is the probe's channel count (default: the first convolution's). Undo with
-    :func:`unfreeze_batch_norm`; ``state_dict`` is the same either way.
+    With ``fold``, each one fed by a convolution alone is computed inside it (:class:`FoldedConv2d`, module
+    docstring). The replacements share the replaced modules' tensors, so build the optimiser after this call or
+    before, either way; ``state_dict`` keys do not change. Undo with :func:`unfreeze_batch_norm`.
     """
-    pairs = _fold_pairs(model)
-    if pairs:
-        if in_channels is None:
-            in_channels = getattr(model, "in_channels", None) or next(
-                m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
-        try:
-            same = _fold_matches(model, pairs, in_channels)
-        except (RuntimeError, ValueError):  # the probe does not fit the model (channels, size): fold nothing
-            same = False
-        if not same:
-            unfreeze_batch_norm(model)
-    for m in model.modules():
-        if _foldable_bn(m):
-            if not _swapped(m):
-                _swap(m, "frozen")
-            m.training = False
+    uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
+    for prefix, parent in list(model.named_modules()):
+        pairs = _fold_pairs(parent, prefix) if fold else []
+        for conv_name, bn_name in pairs:
+            conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
+            if uses[id(conv)] == uses[id(bn)] == 1:  # a module registered twice may run elsewhere unfolded
+                folded = FoldedBatchNorm2d.from_batch_norm(bn)
+                folded.folded_into = f"{prefix}.{conv_name}".lstrip(".")
+                setattr(parent, conv_name, FoldedConv2d(conv, folded, bn_name))
+                setattr(parent, bn_name, folded)
+        for name, child in list(parent.named_children()):
+            if _freezable(child):
+                setattr(parent, name, FrozenBatchNorm2d.from_batch_norm(child))  # type: ignore[arg-type]
     return frozen_batch_norms(model)
 
 
 def unfreeze_batch_norm(model: nn.Module) -> None:
-    """Undo :func:`freeze_batch_norm`: plain convolutions and batch norms again (training mode as ``model``'s)."""
-    for m in model.modules():
-        _unswap(m)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.training = model.training
+    """Undo :func:`freeze_batch_norm`: plain convolutions and batch norms of the original classes again (sharing
+    the same tensors), in ``model``'s training mode."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, FoldedConv2d):
+                setattr(parent, name, child.to_conv())
+            elif isinstance(child, FrozenBatchNorm2d):
+                setattr(parent, name, child.to_batch_norm().train(model.training))
