@@ -15,10 +15,11 @@ An affine map after a convolution folds into the convolution's weights and bias 
 
 :class:`FoldedConv2d` recomputes ``w'`` and ``b'`` from ``w``, ``gamma`` and ``beta`` at every forward pass (a few
 thousand multiplications), so gradients reach all three exactly as through conv -> frozen BN, and the per-pixel
-batch-norm pass and its backward disappear (the speed-up is measured in benchmarks/RESULTS.md,
-``benchmarks/train_speed.py --bn-compare``). A batch norm is folded only where its parent module's forward,
-traced with ``torch.fx`` (children as opaque calls), feeds the convolution's output to the batch norm and to
-nothing else; elsewhere it is frozen only (a log line names each module whose forward does not trace).
+batch-norm pass and its backward disappear: about 1.1x over the unfolded frozen batch norm per training step
+(``benchmarks/train_step.py --bn-compare``; benchmarks/RESULTS.md, issue 17, also for the end-to-end runs).
+A batch norm is folded only where its parent module's forward, traced with ``torch.fx`` (children as opaque
+calls), feeds the convolution's output to the batch norm and to nothing else; elsewhere it is frozen only (a
+log line names each module whose forward does not trace).
 
 The replacements hold the very parameters and buffers of the modules they replace, under the same names, so
 ``state_dict`` keys are those of ``nn.Conv2d`` and ``nn.BatchNorm2d``: a checkpoint of a frozen model loads
