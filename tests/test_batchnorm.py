@@ -223,7 +223,7 @@ def test_auto_is_frozen_for_trained_encoders_only():
     assert batch_norm_mode(TrainConfig(batch_norm="train", model_args={"pretrained": True})) == "train"
     assert make_config("modern").warmup_steps == -1  # auto: 50 steps when frozen (lr 0.01 diverged without)
     assert not has_batch_norm(build("fcn8s", num_classes=2, width=0.125))  # VGG: nothing to freeze
-    with pytest.raises(ValueError, match="batch_norm must be auto, train or frozen"):
+    with pytest.raises(ValueError, match="batch_norm must be one of auto, train, frozen, not .fixed."):
         tiny_cfg(Path("."), Path("."), batch_norm="fixed")
 
 

@@ -17,6 +17,7 @@ from fcnseg.checkpoint import load_checkpoint
 from fcnseg.cli import main
 from fcnseg.config import TrainConfig, make_config
 from fcnseg.engine import train_one_epoch
+from fcnseg.errors import ConfigError
 from fcnseg.models import build
 from fcnseg.normalization import IMAGENET
 from fcnseg.train import make_optimizer, make_scheduler, run_train
@@ -39,7 +40,7 @@ def test_recipes():
     assert make_config("paper", model="fcn32s").lr == 1e-10
     assert make_config("paper", model="fcn8s").lr == 1e-14
     assert make_config("paper", model="fcn8s", lr=1e-13).lr == 1e-13  # a flag wins over the recipe
-    with pytest.raises(ValueError, match="unknown config keys"):
+    with pytest.raises(ConfigError, match="unknown option learning_rate"):
         make_config("modern", learning_rate=0.1)
     with pytest.raises(ValueError, match="unknown recipe"):
         make_config("fast")

@@ -98,9 +98,11 @@ def train_config(a: argparse.Namespace) -> TrainConfig:
 
 
 def _train(a: argparse.Namespace) -> int:
+    from .distributed import close_distributed
     from .train import run_train
 
     best = run_train(train_config(a), progress=not a.quiet, dry_run=bool(a.dry_run))
+    close_distributed()  # after a finished run only: a failed one may leave a collective behind
     if a.dry_run:
         print(f"dry run passed: data checked, {best.parent} can be written; nothing was written")
     elif best.is_file():

@@ -98,6 +98,14 @@ def _portable(e: Exception) -> Exception:
         return RuntimeError(str(e))
 
 
+def close_distributed() -> None:
+    """Destroy this process's process groups after a finished run, so that torchrun's processes exit in order
+    (left to the interpreter's exit, gloo's threads could abort a process that had finished its work)."""
+    if dist.is_available() and dist.is_initialized():
+        _GROUPS.clear()
+        dist.destroy_process_group()
+
+
 def any_rank(flag: bool) -> bool:
     """True on every rank when ``flag`` is True on any (e.g. a stop request that reached one process)."""
     if not (dist.is_available() and dist.is_initialized()):
