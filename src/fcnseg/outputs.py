@@ -53,16 +53,7 @@ def output_error(e: OSError, path: str | os.PathLike[str], option: str = "out_di
 
 def describe_os_error(e: OSError, path: str | os.PathLike[str], option: str = "out_dir") -> str:
     """One line for an ``OSError`` met while writing ``path`` (``str`` of :func:`output_error`)."""
-    return str(output_error(e, path, _option(option)))
-
-
-def _option(option: str | None, flag: str | None = None, default: str = "out_dir") -> str:
-    """The option's field name; ``flag`` is the spelling older callers passed (``"-o"``, ``"--out"``)."""
-    given = option or flag or default
-    if given.startswith("-"):  # an older caller's flag: "-o" and "--out" name the output, else its field
-        name = given.lstrip("-").replace("-", "_")
-        return default if name in ("o", "out", "out_dir") else name
-    return given
+    return str(output_error(e, path, option))
 
 
 def _first_existing_parent(path: Path) -> Path:
@@ -84,15 +75,13 @@ def _probe_writable(folder: Path, path: Path, option: str) -> None:
 
 
 def check_output_dir(path: str | os.PathLike[str], *, option: str = "out_dir", overwrite: bool = False,
-                     allow_existing: bool = False, create: bool = False, flag: str | None = None) -> Path:
+                     allow_existing: bool = False, create: bool = False) -> Path:
     """Check that the folder ``path`` can hold this command's outputs; create it only if ``create``.
 
     Refuses a path that is a file or lies under a file, a folder that cannot be written, and a non-empty
     folder unless ``overwrite`` or ``allow_existing`` (resume), with an :class:`OutputError` whose fix names
-    ``option`` (the config field of the path) and ``overwrite``. Deletes nothing. ``flag`` is the older
-    spelling of ``option`` (``"-o"``), still accepted.
+    ``option`` (the config field of the path) and ``overwrite``. Deletes nothing.
     """
-    option = _option(option if flag is None else None, flag)
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: is a file, not a folder", fix=f"choose another {{{option}}}", path=out)
@@ -111,13 +100,11 @@ def check_output_dir(path: str | os.PathLike[str], *, option: str = "out_dir", o
     return out
 
 
-def check_output_file(path: str | os.PathLike[str], *, option: str = "out", overwrite: bool = False,
-                      flag: str | None = None) -> Path:
+def check_output_file(path: str | os.PathLike[str], *, option: str = "out", overwrite: bool = False) -> Path:
     """Check that the file ``path`` can be written (its folder may not exist yet). Deletes nothing.
 
     Refusals are :class:`OutputError` whose fix names ``option`` (the config field of the path).
     """
-    option = _option(option if flag is None else None, flag, default="out")
     out = Path(path)
     if out.is_dir():
         raise OutputError(f"{out}: is a folder, expected a file", fix=f"name a file with {{{option}}}", path=out)
@@ -132,13 +119,12 @@ def check_output_file(path: str | os.PathLike[str], *, option: str = "out", over
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None], *,
-                 option: str = "out_dir", fsync: bool = True, flag: str | None = None) -> Path:
+                 option: str = "out_dir", fsync: bool = True) -> Path:
     """Write ``path`` through ``write(file)`` atomically and durably (temp file, fsync, chmod 0644, rename,
     fsync of the folder). On any error the target is untouched, the temp file removed, and an ``OSError``
     becomes an :class:`OutputError` naming the path, whose fix names ``option`` (the config field that chose
     the path). ``fsync=False`` keeps the atomic rename but skips the syncs (outputs that can be made again,
     written by the thousand)."""
-    option = _option(option if flag is None else None, flag)
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

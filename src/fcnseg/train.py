@@ -461,7 +461,7 @@ def _checks_before_work(cfg: TrainConfig, datasets: tuple[fdata.SegmentationData
         for ds in datasets:
             report = ds.validate(level, skip_bad=cfg.skip_bad, progress=progress)
             if report.bad:
-                log.warning("%s: skipped %d bad samples of %d (--skip-bad)", ds, len(report.bad), report.samples)
+                log.warning("%s: skipped %d bad samples of %d (skip_bad)", ds, len(report.bad), report.samples)
     for ds in datasets:
         if len(ds) == 0:
             raise DataError(f"{ds}: empty split", fix="choose another {train_split} or {val_split}")
