@@ -33,7 +33,9 @@ def run(tree: Path, args: list[str], timeout: float = 1200) -> str:
 def train_ips(tree: Path, child: str, steps: int) -> float:
     out = run(tree, ["benchmarks/train_speed.py", "--child", child, "--steps", str(steps)])
     line = [ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1]
-    return float(json.loads(line[7:])["images_per_s"])
+    s = json.loads(line[7:])["stamps"]  # wall seconds at each step (log_every=1)
+    warmup, batch = 5, 8  # train_speed.py's defaults: images/s between step 5 and the last
+    return batch * (len(s) - warmup) / (s[-1] - s[warmup - 1])
 
 
 def serve_ips(tree: Path, duration_s: float) -> float:
@@ -53,19 +55,20 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=30, help="training steps per run")
     ap.add_argument("--serve-s", type=float, default=20.0, help="seconds of 16-client load per run")
-    ap.add_argument("--skip-serve", action="store_true")
+    ap.add_argument("--only", choices=["train", "serve"], help="measure only this (default: both)")
     a = ap.parse_args()
     trees = {"old": a.old, "new": a.new}
     rows: dict[str, dict[str, list[float]]] = {k: {"train": [], "serve": []} for k in trees}
     for r in range(a.rounds):
         order = list(trees) if r % 2 == 0 else list(reversed(trees))
         for name in order:
-            rows[name]["train"].append(train_ips(trees[name], "fcnseg", a.steps))
-            print(f"round {r + 1} {name} train {rows[name]['train'][-1]:.2f} images/s", flush=True)
-            if not a.skip_serve:
+            if a.only != "serve":
+                rows[name]["train"].append(train_ips(trees[name], "fcnseg", a.steps))
+                print(f"round {r + 1} {name} train {rows[name]['train'][-1]:.2f} images/s", flush=True)
+            if a.only != "train":
                 rows[name]["serve"].append(serve_ips(trees[name], a.serve_s))
                 print(f"round {r + 1} {name} serve {rows[name]['serve'][-1]:.2f} images/s", flush=True)
-    plain = train_ips(a.new, "plain", a.steps)
+    plain = train_ips(a.new, "plain", a.steps) if a.only != "serve" else 0.0
     print(f"\nplain loop: {plain:.2f} images/s\n")
     print("| what | old (images/s per round) | new (images/s per round) | new / old (medians) |")
     print("|---|---|---|---:|")
@@ -75,8 +78,9 @@ def main() -> None:
             ratio = statistics.median(new) / statistics.median(old)
             print(f"| {what} | {', '.join(f'{v:.2f}' for v in old)} | {', '.join(f'{v:.2f}' for v in new)} | "
                   f"{ratio:.3f} |")
-    print(f"| train / plain loop | {statistics.median(rows['old']['train']) / plain:.2f}x | "
-          f"{statistics.median(rows['new']['train']) / plain:.2f}x | |")
+    if plain:
+        print(f"| train / plain loop | {statistics.median(rows['old']['train']) / plain:.2f}x | "
+              f"{statistics.median(rows['new']['train']) / plain:.2f}x | |")
 
 
 if __name__ == "__main__":
