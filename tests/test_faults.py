@@ -424,4 +424,4 @@ def test_a_fault_inside_a_loader_worker_is_one_line_and_skippable(data_root: Pat
     # batch empty): the truncated one is skipped up front, in the training and the validation split, counted.
     r = _run([*args, "--out", str(tmp_path / "b"), "--skip-bad"], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stderr.count("skipped 1 bad samples of 4 (--skip-bad)") == 2, r.stderr[-2000:]
+    assert r.stderr.count("skipped 1 bad samples of 4 (skip_bad)") == 2, r.stderr[-2000:]
