@@ -23,7 +23,7 @@ from typing import IO
 from .errors import OutputError
 
 __all__ = ["OutputError", "check_output_dir", "check_output_file", "atomic_write", "output_error",
-           "describe_os_error", "remove_stale_temp_files", "TEMP_SUFFIX"]
+           "remove_stale_temp_files", "TEMP_SUFFIX"]
 
 TEMP_SUFFIX = ".tmp"
 FILE_MODE = 0o644
@@ -49,11 +49,6 @@ def output_error(e: OSError, path: str | os.PathLike[str], option: str = "out_di
     """
     what, fix = _OS_ERRORS.get(e.errno or 0, (f"cannot write ({e.strerror or e})", "choose another {%s}"))
     return OutputError(f"{path}: {what}", fix=fix % option, path=path)
-
-
-def describe_os_error(e: OSError, path: str | os.PathLike[str], option: str = "out_dir") -> str:
-    """One line for an ``OSError`` met while writing ``path`` (``str`` of :func:`output_error`)."""
-    return str(output_error(e, path, option))
 
 
 def _first_existing_parent(path: Path) -> Path:
