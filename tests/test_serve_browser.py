@@ -7,6 +7,7 @@ server error as text; segment a second image without reloading. A screenshot goe
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -46,8 +47,12 @@ def server_url():
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} not found: `make install` installs Debian's chromium")
-    from playwright.sync_api import sync_playwright
+        why = f"{CHROMIUM} not found: install Debian's chromium (`make browser`, or `apt-get install chromium` as root)"
+        if os.environ.get("FCNSEG_REQUIRE_BROWSER"):  # .ci/run installs it: there a missing browser is a failure
+            pytest.fail(why)
+        pytest.skip(why)
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -e '.[dev]'")
+    sync_playwright = sync_api.sync_playwright
 
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM))

@@ -153,7 +153,7 @@ def _export(a: argparse.Namespace) -> int:
 
 
 def _convert(a: argparse.Namespace) -> int:
-    from .convert import convert_caffemodel, convert_torchvision_vgg16
+    from . import convert as conv
 
     cfg: ConvertConfig = options_of(ConvertConfig, a)
     if not Path(cfg.source).is_file():
@@ -165,7 +165,7 @@ def _convert(a: argparse.Namespace) -> int:
         raise DataError(f"{cfg.classes}: no such file", fix="check {classes}", path=cfg.classes)
     if cfg.classes:
         classes = [c.strip() for c in Path(cfg.classes).read_text().splitlines() if c.strip()]
-    convert = convert_caffemodel if cfg.format == "caffe" else convert_torchvision_vgg16
+    convert = conv.convert_caffemodel if cfg.format == "caffe" else conv.convert_torchvision_vgg16
     kw: dict[str, Any] = {"classes": classes, "model_args": cfg.model_args}
     num_classes = cfg.num_classes or (len(classes) if classes else None)
     if num_classes is not None:

@@ -633,8 +633,8 @@ def _maybe_cached(ds: fdata.SegmentationDataset, mode: str, progress: bool) -> D
 def _tensorboard(out: Path) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is a dependency; stay usable if a user removed it
-        log.warning("tensorboard is not installed: logging to log.jsonl only")
+    except ImportError:  # an optional extra: log.jsonl holds every record either way
+        log.warning("tensorboard is not installed, logging to log.jsonl only (pip install 'fcnseg[tensorboard]')")
         return None
     return SummaryWriter(str(out / "tensorboard"))
 

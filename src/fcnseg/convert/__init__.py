@@ -8,9 +8,21 @@ Both write an fcnseg checkpoint that records the input normalisation the weights
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._common import ConvertError
-from .caffe import CaffeLayer, convert_caffemodel, read_caffe_layers, read_caffemodel
 from .torchvision import convert_torchvision_vgg16, vgg16_trunk_state
+
+_CAFFE = ("CaffeLayer", "read_caffe_layers", "read_caffemodel", "convert_caffemodel")
+
+
+def __getattr__(name: str) -> Any:
+    """The Caffe readers, imported on first use: they need protobuf (the ``convert`` extra), torchvision's don't."""
+    if name in _CAFFE:
+        from . import caffe
+
+        return getattr(caffe, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ConvertError", "CaffeLayer", "read_caffe_layers", "read_caffemodel", "convert_caffemodel",

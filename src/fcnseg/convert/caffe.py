@@ -28,8 +28,15 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from google.protobuf.message import DecodeError, Message
 from torch import Tensor
+
+from ..errors import MissingDependency
+
+try:
+    from google.protobuf.message import DecodeError, Message
+except ModuleNotFoundError:  # the `convert` extra is missing: one line naming it
+    raise MissingDependency("protobuf", "convert", needed_for="fcnseg convert caffe") from None
+
 
 from ..models import FCN, AlexNetTrunk, BilinearUpsample, VGG16Trunk, bilinear_kernel
 from ..normalization import CAFFE_VGG

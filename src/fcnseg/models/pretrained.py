@@ -81,7 +81,7 @@ def lite_weights_path(variant: str) -> Path:
     try:
         pkg = importlib.import_module(module)
     except ModuleNotFoundError as e:
-        raise MissingDependency(pip_name, needed_for=f"ImageNet weights for {variant}") from e
+        raise MissingDependency(pip_name, "weights", needed_for=f"ImageNet weights for {variant}") from e
     locator = getattr(pkg, f"EfficientnetLite{variant[-1]}ModelFile")
     path = Path(locator.get_model_file_path())
     if not path.is_file():
