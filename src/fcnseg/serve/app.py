@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 from ..errors import optional_import
 from .config import CONFIG_ENV, ServeConfig
@@ -41,6 +42,23 @@ STATIC = Path(str(files("fcnseg.serve") / "static"))
 router = APIRouter()
 
 
+def _refusal(why: str) -> dict[str, Any]:
+    return {"description": why, "content": {"application/json": {"example": {"error": "<one line>"}}}}
+
+
+# What the OpenAPI schema (and so the HTTP reference) says each refusal is; app.py's module docstring is the rule.
+_SEGMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the label PNG (`labels`), the overlay PNG (`overlay`) or JSON (`json`)",
+          "content": {"image/png": {}, "application/json": {}}},
+    400: _refusal("malformed request (a multipart body without a field named `file`)"),
+    413: _refusal("body larger than the server's byte limit"),
+    415: _refusal("not an image content type"),
+    422: _refusal("bytes that are no readable image, or an image over the server's pixel budget"),
+    503: _refusal("warming up, or the queue is full (`Retry-After` says when to retry)"),
+    504: _refusal("the image was not segmented within the server's time-out"),
+}
+
+
 def _service(request: Request) -> Service:
     return request.app.state.service
 
@@ -50,7 +68,7 @@ async def page() -> FileResponse:
     return FileResponse(STATIC / "index.html")
 
 
-@router.get("/healthz")
+@router.get("/healthz", responses={503: _refusal("not ready yet (`Retry-After`), or loading failed")})
 async def healthz(request: Request) -> JSONResponse:
     """200 once the model is loaded and warmed up; 503 before (or if loading failed, with the error)."""
     service = _service(request)
@@ -61,7 +79,8 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "warming up"}, status_code=503, headers={"Retry-After": "1"})
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response,
+            responses={200: {"description": "Prometheus text exposition format", "content": {"text/plain": {}}}})
 async def metrics(request: Request) -> Response:
     """Prometheus text format: requests by route and status, latency, batch sizes, queue depth."""
     return Response(_service(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
@@ -73,7 +92,15 @@ async def model(request: Request) -> JSONResponse:
     return JSONResponse(_service(request).describe())
 
 
-@router.post("/v1/segment", responses={200: {"content": {"image/png": {}, "application/json": {}}}})
+# The body is read by hand (raw bytes or one multipart file), so the schema is declared here.
+_SEGMENT_BODY = {"required": True, "description": "one image: raw bytes with an image content type, or multipart "
+                 "form data with the image in the field `file`",
+                 "content": {"image/*": {"schema": {"type": "string", "format": "binary"}},
+                             "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties":
+                                                                {"file": {"type": "string", "format": "binary"}}}}}}
+
+
+@router.post("/v1/segment", responses=_SEGMENT_RESPONSES, openapi_extra={"requestBody": _SEGMENT_BODY})
 async def segment(request: Request, fmt: str | None = Query(None, alias="format",
                                                             description="labels, overlay or json")) -> Response:
     """Segment one image: a raw body (``Content-Type: image/...``) or a multipart field ``file``.
