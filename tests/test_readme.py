@@ -1,79 +1,58 @@
-"""Every command line in the README's ``bash`` blocks runs as written, in order, from a project-like folder.
+"""The README: at most 150 lines, the two set-up commands first, and every block runs as written.
 
-Training lines get ``--dry-run`` appended (all checks of data, flags and output folder, then a stop: hours of
-training are not a test); every other line runs for real. The first block (``make demo`` / ``make test``) is
-the set-up, which CI itself runs, and is not repeated here.
+The blocks run by the rules of ``tests/docblocks.py`` (the documentation's pages follow the same ones):
+``bash`` lines from a project-like folder, training lines with ``--dry-run``, ``fcnseg serve`` in the
+background for the ``curl`` lines after it; ``python`` blocks as whole scripts. The first block
+(``make demo`` / ``make test``) is the set-up, which CI itself runs, and is not repeated here.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from fcnseg.serve.probe import wait_ready
-
 from conftest import REPO
+from docblocks import page_blocks, run_page, shell_commands
 
-_BLOCK = re.compile(r"```bash\n(.*?)```", re.S)
-
-
-def readme_commands() -> list[str]:
-    """Command lines of the README's ``bash`` blocks, continuation lines joined, comments dropped."""
-    blocks = _BLOCK.findall((REPO / "README.md").read_text())
-    commands = []
-    for block in blocks:
-        for line in block.replace("\\\n", " ").splitlines():
-            line = line.split(" # ")[0].strip()
-            if line and not line.startswith("#") and not line.startswith("make "):
-                commands.append(" ".join(line.split()))
-    return commands
+README = REPO / "README.md"
 
 
-def test_readme_has_commands() -> None:
-    cmds = readme_commands()
-    assert any(c.startswith("fcnseg train") for c in cmds) and any(c.startswith("fcnseg predict") for c in cmds)
-    assert any(c.startswith("torchrun") for c in cmds) and any("--engine onnxruntime" in c for c in cmds)
+def test_readme_is_short_and_starts_with_the_two_setup_commands() -> None:
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 150, f"README.md has {len(lines)} lines: move detail into docs/"
+    first = lines[lines.index("```bash") + 1:lines.index("```bash") + 3]
+    assert [line.split()[:2] for line in first] == [["make", "demo"], ["make", "test"]]
+    assert lines.index("```bash") < 4  # the set-up comes first
 
 
-def test_every_readme_command_runs_as_written(data_root: Path, tmp_path: Path) -> None:
-    (tmp_path / "benchmarks").symlink_to(REPO / "benchmarks")  # the committed checkpoint, as from the root
-    env = {**os.environ, "FCNSEG_DATA": str(data_root), "FCNSEG_CACHE": str(tmp_path / ".cache"),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "OMP_NUM_THREADS": "1"}
-    server: subprocess.Popen[str] | None = None
-    try:
-        for cmd in readme_commands():
-            if cmd.startswith("fcnseg serve"):  # runs until stopped: the curl lines that follow talk to it
-                server = subprocess.Popen(["bash", "-c", f"exec {cmd}"], cwd=tmp_path, env=env, text=True,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                wait_ready("http://127.0.0.1:8000", timeout=180, process=server)
-                continue
-            if "fcnseg.cli train" in cmd or cmd.startswith("fcnseg train"):
-                cmd += " --dry-run"
-            if cmd.startswith("curl"):
-                cmd = cmd.replace("curl -s", "curl -sf", 1)  # an HTTP error fails the line
-            r = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True,
-                               timeout=600)
-            assert r.returncode == 0, f"README command failed: {cmd}\n{r.stderr[-3000:]}"
-            assert "Traceback" not in r.stderr, cmd
-    finally:
-        if server is not None:
-            server.send_signal(signal.SIGTERM)
-            server.communicate(timeout=60)
-    assert server is not None and server.returncode == 0  # SIGTERM drains and exits cleanly
+def test_readme_does_the_three_things() -> None:
+    cmds = shell_commands(README.read_text())
+    assert any(c.startswith("fcnseg predict") for c in cmds)
+    assert any(c.startswith("fcnseg train --dataset folder") for c in cmds)
+    assert any(c.startswith("fcnseg serve") for c in cmds) and any(c.startswith("curl") for c in cmds)
+    assert any(b.kind == "python" for b in page_blocks(README.read_text()))
+
+
+def test_readme_links_and_picture_exist() -> None:
+    text = README.read_text()
+    targets = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text)
+    local = [t for t in targets if "://" not in t]
+    assert "docs/img/camvid-overlay.png" in local
+    missing = [t for t in local if not (REPO / t).exists()]
+    assert not missing, f"README links to files that do not exist: {missing}"
+
+
+def test_every_readme_block_runs_as_written(data_root: Path, tmp_path: Path) -> None:
+    ran = run_page(README, data_root, tmp_path)
+    assert len(ran) >= 4
     # What the lines promised is there.
-    assert (tmp_path / "runs" / "camvid_val.json").is_file()
-    assert len(list((tmp_path / "runs" / "camvid_val_predictions").glob("*_overlay.png"))) == 101
-    assert (tmp_path / "runs" / "camvid_int8.onnx").is_file()
+    assert len(list((tmp_path / "runs" / "camvid_predictions").glob("*_overlay.png"))) == 101
     assert not (tmp_path / "runs" / "isbi").exists()  # a dry run writes nothing
-    assert (tmp_path / "runs" / "labels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
+    assert (tmp_path / "runs" / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("command", ["train", "eval", "predict", "export", "convert", "serve", "hha", "models"])

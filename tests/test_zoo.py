@@ -1,5 +1,5 @@
 """``fcnseg models``: every registered model, and the paper's results (experiments/paper.toml, the one source)
-beside commands that parse as written; the README's tables say the same as the file."""
+beside commands that parse as written; the documentation's tables say the same as the file."""
 
 from __future__ import annotations
 
@@ -95,23 +95,27 @@ def test_a_malformed_record_is_named(tmp_path):
         load_paper_results(bad)
 
 
-def _readme() -> str:
-    return " ".join((REPO / "README.md").read_text().replace("\\\n", " ").split())
+PAGES = [REPO / "docs" / "tutorials" / "paper-experiments.md", REPO / "docs" / "tutorials" / "siftflow.md"]
+"""The documentation pages that carry the paper's tables."""
 
 
-def test_readme_gives_the_same_commands_and_numbers():
-    readme = _readme()
+def _tables_text() -> str:
+    """Those pages up to their model zoo (a table of fcnseg's own, not the paper's), one text."""
+    return "\n".join(p.read_text().split("## The model zoo")[0] for p in PAGES)
+
+
+def test_docs_give_the_same_commands_and_numbers():
+    text = _tables_text()
+    folded = " ".join(text.replace("\\\n", " ").split())
     labelled = [r for r in RESULTS if r.label]
     assert {r.experiment for r in labelled} == {"NYUDv2", "PASCAL-Context", "SIFT Flow"}
     for r in labelled:
         if r.args != r.command:  # a table of the rows' own arguments after the experiment's shared command
             shared = r.command.removesuffix(r.args).strip()
-            assert f"Every line: `{shared}` followed by" in readme, r.experiment
-            assert f"| {r.label} | {r.metrics()} | `{r.args}` |" in readme, r
+            assert f"Every line: `{shared}` followed by" in folded, r.experiment
+            assert f"| {r.label} | {r.metrics()} | `{r.args}` |" in folded, r
         else:  # SIFT Flow: the command in a block, the numbers in a table of their own
-            assert r.command in readme, r
-            assert f"| {r.label} | {r.metrics().replace(' / ', ' | ')} |" in readme, r
-    # Every row of those README tables is a record of the file.
-    text = (REPO / "README.md").read_text()
-    sections = text[text.index("## The paper's other experiments"):text.index("## Model zoo")]
-    assert len(re.findall(r"^\| FCN-", sections, re.M)) == len(labelled)
+            assert r.command in folded, r
+            assert f"| {r.label} | {r.metrics().replace(' / ', ' | ')} |" in folded, r
+    # Every row of those tables is a record of the file.
+    assert len(re.findall(r"^\| FCN-", text, re.M)) == len(labelled)

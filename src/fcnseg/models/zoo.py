@@ -2,7 +2,7 @@
 
 The results are records of experiments, not library code: they live in one data file outside the package,
 ``experiments/paper.toml`` at the repository's root (its header describes the layout), which
-:func:`load_paper_results` reads and the README's tables are checked against (``tests/test_zoo.py``).
+:func:`load_paper_results` reads and the documentation's tables are checked against (``tests/test_zoo.py``).
 
 Where the file is found: :data:`PAPER_RECORDS`, the repository's ``experiments/paper.toml`` seen from this
 source file (``src/fcnseg/models/zoo.py``), which is there for a source checkout and an editable install
@@ -48,7 +48,7 @@ class PaperResult:
         status: what fcnseg measured (e.g. "not run here: needs the dataset").
         experiment: the name of the experiment (group of rows) it belongs to.
         args: the row's own part of ``command`` (what follows the experiment's shared part).
-        label: the row's name in the README's table ("" when the README has no table for it).
+        label: the row's name in the documentation's table ("" when it has no table for it).
     """
 
     model: str
