@@ -38,6 +38,18 @@ def test_absent_class_is_left_out_of_the_means():
     assert m.mean_acc == pytest.approx((1 + 2 / 3) / 2)
 
 
+
+def test_present_only_leaves_a_predicted_only_class_out_and_keeps_fw_iu():
+    # SIFT Flow's rule: class 2 is only predicted (absent from the ground truth, like cow on SIFT Flow's test).
+    cm = ConfusionMatrix(4)
+    cm.update(torch.tensor([[0, 1], [2, 1]]), torch.tensor([[0, 1], [1, 1]]))
+    m = cm.compute(present_only=True)
+    # t = [1, 3, 0, 0]; IU_0 = 1/1, IU_1 = 2/(3+2-2) = 2/3; class 2 gets nan (not 0) and is left out.
+    assert math.isnan(m.class_iu[2]) and math.isnan(m.class_iu[3])
+    assert m.mean_iu == pytest.approx((1 + 2 / 3) / 2)
+    assert m.fw_iu == pytest.approx((1 * 1 + 3 * 2 / 3) / 4)  # was nan: nan IU times zero frequency
+    assert m.pixel_acc == pytest.approx(3 / 4)  # the pixel predicted as class 2 still counts as wrong
+
 def test_accumulates_over_the_split_not_per_image():
     cm = ConfusionMatrix(2)
     cm.update(torch.tensor([0, 0, 0, 0]), torch.tensor([0, 0, 0, 1]))  # image 1

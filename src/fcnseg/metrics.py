@@ -114,7 +114,9 @@ class ConfusionMatrix:
         class_iu = tp / union  # nan where the class is in neither ground truth nor prediction
         if present_only:
             class_iu[t == 0] = float("nan")
-        fw = (t[union > 0] * class_iu[union > 0]).sum() / total if total > 0 else torch.tensor(float("nan"))
+        # Weighted by ground-truth frequency: a class with none (t_i == 0) weighs nothing, even where present_only
+        # made its IU nan (the reference's `freq > 0`).
+        fw = (t[t > 0] * class_iu[t > 0]).sum() / total if total > 0 else torch.tensor(float("nan"))
         return SegMetrics(
             pixel_acc=float(tp.sum() / total) if total > 0 else float("nan"),
             mean_acc=float(class_acc.nanmean()),
