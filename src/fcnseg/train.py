@@ -116,7 +116,7 @@ def build_model(cfg: TrainConfig, ds: fdata.SegmentationDataset, device: torch.d
         frozen, folded = freeze_batch_norm(model)
         log.info("batch norm: %d frozen (running statistics fixed, gamma/beta trained), %d folded into their "
                  "convolutions; batch_norm=train re-estimates them", frozen, folded)
-    if cfg.warmup_steps < 0:  # auto: frozen batch norm at lr 0.01 diverged within 30 steps without a warm-up
+    if cfg.warmup_steps < 0:  # auto: frozen BN at lr 0.01 diverged without one (RESULTS.md, abl_frozenbn)
         cfg = dataclasses.replace(cfg, warmup_steps=FROZEN_BN_WARMUP if frozen_bn else 0)
     model.to(device)
     if cfg.channels_last:
