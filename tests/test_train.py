@@ -39,6 +39,7 @@ def test_recipes():
     assert paper.lr == 1e-12 and paper.bias_lr_mult == 2.0 and paper.schedule == "constant"
     assert make_config("paper", model="fcn32s").lr == 1e-10
     assert make_config("paper", model="fcn8s").lr == 1e-14
+    assert make_config("paper", model="fcn8s_atonce").lr == 1e-10  # voc-fcn8s-atonce/solver.prototxt
     assert make_config("paper", model="fcn8s", lr=1e-13).lr == 1e-13  # a flag wins over the recipe
     with pytest.raises(ConfigError, match="unknown option learning_rate"):
         make_config("modern", learning_rate=0.1)

@@ -126,7 +126,13 @@ class TrainConfig:
 
 
 def paper_lr(model: str) -> float:
-    """The reference's fixed learning rates for the summed loss: 1e-10 (32s), 1e-12 (16s), 1e-14 (8s)."""
+    """The reference's fixed learning rates for the summed loss: 1e-10 (32s), 1e-12 (16s), 1e-14 (8s).
+
+    At-once FCN-8s starts from VGG16, not from a trained FCN-16s, and trains at 1e-10 like FCN-32s (its skips are
+    scaled down instead: the reference's ``voc-fcn8s-atonce/solver.prototxt``).
+    """
+    if "atonce" in model:
+        return 1e-10
     if "8s" in model:
         return 1e-14
     if "16s" in model:
