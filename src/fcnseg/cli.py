@@ -284,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import FcnsegError, TrainingInterrupted
 
     def fail(message: str, code: int) -> int:
-        print(f"fcnseg {args.command}: {message}", file=sys.stderr)
+        # One write of the whole line: under torchrun every rank prints its refusal to the same pipe, and print()'s
+        # separate write of the newline let two ranks' lines run together.
+        sys.stderr.write(f"fcnseg {args.command}: {message}\n")
+        sys.stderr.flush()
         return code
 
     try:
