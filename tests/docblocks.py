@@ -68,7 +68,7 @@ def project_folder(tmp: Path) -> Path:
 def page_env(data_root: Path, tmp: Path) -> dict[str, str]:
     return {**os.environ, "FCNSEG_DATA": str(data_root), "FCNSEG_CACHE": str(tmp / ".cache"),
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-            "OMP_NUM_THREADS": "1", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+            "OMP_NUM_THREADS": "1"}
 
 
 def run_page(path: Path, data_root: Path, tmp: Path) -> list[Block]:

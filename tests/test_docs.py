@@ -19,8 +19,7 @@ def test_the_site_has_pages() -> None:
 
 @pytest.mark.parametrize("page", [p for p in PAGES if page_blocks((DOCS / p).read_text())])
 def test_page_runs_as_written(page: str, data_root: Path, tmp_path: Path) -> None:
-    ran = run_page(DOCS / page, data_root, tmp_path)
-    assert ran  # the page had runnable blocks and each exited 0
+    run_page(DOCS / page, data_root, tmp_path)  # asserts each block exits 0 without a traceback, naming it
 
 
 def _hooks():

