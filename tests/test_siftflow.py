@@ -7,7 +7,11 @@ variable ``S`` (semantic 0 void, 1-33; geometric -1 void, 1-3).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +25,10 @@ from fcnseg.checkpoint import load_checkpoint
 from fcnseg.cli import main
 from fcnseg.convert import convert_caffemodel
 from fcnseg.data import DataError, SIFTFlow
-from fcnseg.data.siftflow import SIFTFLOW_CLASSES, SIFTFLOW_GEO_CLASSES, siftflow_ids
+from fcnseg.config import TrainConfig
+from fcnseg.data.siftflow import SIFTFLOW_CLASSES, SIFTFLOW_GEO_CLASSES, holdout_ids, siftflow_ids
 from fcnseg.losses import segmentation_loss
+from fcnseg.errors import ConfigError
 from fcnseg.metrics import MultiTaskConfusion
 from fcnseg.models import build
 from fcnseg.normalization import EFFICIENTNET_LITE
@@ -115,8 +121,8 @@ def test_split_lists_ship_with_the_package(tree: Path) -> None:
     (tree / "test.txt").unlink()  # without the root's list the shipped one is read: its ids are not here
     with pytest.raises(DataError, match=r"coast_natu975\.jpg: image of id 'coast_natu975' listed in fcnseg's"):
         SIFTFlow(tree, "test")
-    with pytest.raises(DataError, match=r"val\.txt: split file not found; fix: use split trainval or test"):
-        SIFTFlow(tree, "val")
+    with pytest.raises(DataError, match=r"other\.txt: split file not found; fix: use split trainval, test, train, val"):
+        SIFTFlow(tree, "other")
 
 
 def test_bad_and_missing_files_are_named(tree: Path) -> None:
@@ -138,8 +144,9 @@ def test_bad_and_missing_files_are_named(tree: Path) -> None:
     with pytest.raises(DataError, match=f"{tree / 'nowhere'}: SIFT Flow dataset folder not found"):
         SIFTFlow(tree / "nowhere", "trainval")
     (tree / "GeoLabels" / SUB).rename(tree / "GeoLabels" / "other")
-    with pytest.raises(DataError, match=r"GeoLabels/spatial_envelope.*folder not found; fix: pass the SIFT Flow"):
-        SIFTFlow(tree, "trainval")
+    with pytest.raises(DataError, match=r"GeoLabels/spatial_envelope.*folder not found; fix: a two-task net needs"):
+        SIFTFlow(tree, "trainval", geo=True)
+    assert SIFTFlow(tree, "trainval").tasks is None  # without geo=True: the semantic task alone
 
 
 def test_fixed_geometric_file_is_checked_again(tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -234,17 +241,27 @@ def test_train_eval_predict(tree: Path, tmp_path: Path) -> None:
                  ["eval", "--checkpoint", str(run / "best.pt"), "--engine", "onnxruntime", "--onnx", "x.onnx"],
                  ["train", "--dataset", "siftflow", "--data", str(tree), "--train-split", "trainval",
                   "--val-split", "test", "--model", "fcn16s", "--model-arg", f"width={TINY}",
-                  "--out", str(tmp_path / "x"), "--dry-run"]):
+                  "--dataset-arg", "geo=true", "--out", str(tmp_path / "x"), "--dry-run"]):
         assert main(argv) == 2, argv
 
 
 def test_cli_refusals_are_one_line(tree: Path, tmp_path: Path, data_root: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--dataset", "siftflow", "--data", str(tree), "--train-split", "trainval",
-                 "--val-split", "test", "--model", "fcn8s", "--model-arg", f"width={TINY}",
-                 "--out", str(tmp_path / "x"), "--dry-run", "--quiet"]) == 2
+                 "--val-split", "test", "--model", "fcn8s", "--model-arg", f"width={TINY}", "--dataset-arg",
+                 "geo=true", "--out", str(tmp_path / "x"), "--dry-run", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "labels sem (33 classes), geo (3 classes); model fcn8s has one head" in err
+    # Without geo=true a single-headed net reads the semantic labels alone, GeoLabels/ or not.
+    assert main(["train", "--dataset", "siftflow", "--data", str(tree), "--train-split", "trainval",
+                 "--val-split", "test", "--model", "fcn8s", "--model-arg", f"width={TINY}",
+                 "--out", str(tmp_path / "x"), "--dry-run", "--quiet"]) == 0
+    shutil.rmtree(tree / "GeoLabels")
+    assert main(["train", "--dataset", "siftflow", "--data", str(tree), "--model", "fcn16s_siftflow",
+                 "--model-arg", f"width={TINY}", "--out", str(tmp_path / "z"), "--dry-run", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "GeoLabels/spatial_envelope_256x256_static_8outdoorcategories" in err
+    assert "a two-task net needs GeoLabels/" in err and "choose a single-headed model" in err
     assert main(["train", "--dataset", "camvid", "--data", str(data_root / "camvid"), "--model", "fcn16s_siftflow",
                  "--model-arg", f"width={TINY}", "--out", str(tmp_path / "y"), "--dry-run", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
@@ -279,3 +296,86 @@ def test_reference_caffemodel_converts_key_by_key(tree: Path, tmp_path: Path) ->
                                                            torch.from_numpy(want["score_fr_geo.weight"]))
     assert main(["eval", "--checkpoint", str(dst), "--dataset", "siftflow", "--data", str(tree), "--split", "test",
                  "--workers", "0", "--quiet"]) == 0
+
+
+# --------------------------------------------------------------------------------- semantic only (no GeoLabels)
+
+
+def test_a_tree_without_geolabels_is_semantic_only(tree: Path, caplog: pytest.LogCaptureFixture) -> None:
+    shutil.rmtree(tree / "GeoLabels")
+    with caplog.at_level(logging.INFO, logger="fcnseg.data.siftflow"):
+        ds = SIFTFlow(tree, "trainval")
+        SIFTFlow(tree, "test")
+    said = [r.getMessage() for r in caplog.records if "GeoLabels" in r.getMessage()]
+    assert said == [f"SIFT Flow at {tree} has no GeoLabels/: the semantic task alone (33 classes)"]  # once
+    assert ds.tasks is None and ds.classes == SIFTFLOW_CLASSES and ds.present_only
+    assert ds.sample_files(ds.samples[0]) == ds.files(0)  # image and semantic labels: nothing else is read
+    image, mask = ds[0]
+    assert image.shape == (3, 256, 256) and mask.shape == (256, 256)
+    assert mask[:2].eq(255).all() and set(mask[2:].unique().tolist()) <= {SKY - 1, GRASS - 1, ROAD - 1}
+    assert ds.validate("full", progress=False).bad == []
+    # A tree with GeoLabels/ read with geo=False gives the very same samples.
+    with_geo = _siftflow(tree.parent / "with_geo", [f"coast_n{i}" for i in range(4)], [])
+    assert torch.equal(SIFTFlow(with_geo, "trainval", geo=False)[0][1], mask)
+
+
+def test_train_and_val_hold_out_part_of_trainval_by_a_stable_hash(tree: Path) -> None:
+    trainval = siftflow_ids("trainval")
+    val = holdout_ids(trainval, 0.1)
+    assert len(val) == 249  # round(0.1 * 2486)
+    # The ids whose SHA-1 hex digest sorts lowest, whatever the order they come in.
+    by_hash = sorted(trainval, key=lambda i: hashlib.sha1(i.encode()).hexdigest())
+    assert set(val) == set(by_hash[:249])
+    shuffled = trainval[:]
+    random.Random(1).shuffle(shuffled)
+    assert set(holdout_ids(shuffled, 0.1)) == set(val)
+    assert set(holdout_ids(trainval + ["zz_new_image"], 249)) - set(val) <= {"zz_new_image"}  # a count: stable
+    # On a tree: train and val split its trainval.txt, disjoint and complete; holdout is a dataset argument.
+    train_ds, val_ds = (fdata.build_dataset("siftflow", tree, s, holdout=1) for s in ("train", "val"))
+    assert len(train_ds) == 3 and len(val_ds) == 1
+    assert {p.stem for p, _ in train_ds.samples} | {p.stem for p, _ in val_ds.samples} == \
+        {f"coast_n{i}" for i in range(4)}
+    for bad in (0, -1, 4, "x"):
+        with pytest.raises(ConfigError, match="holdout"):
+            SIFTFlow(tree, "val", holdout=bad)  # type: ignore[arg-type]
+    # Without --data, training reads $FCNSEG_DATA/sift-flow (the archive's folder name).
+    assert TrainConfig(dataset="siftflow").resolved_data_root().name == "sift-flow"
+
+
+def test_the_real_trainval_splits_into_train_and_val(data_root: Path) -> None:
+    root = data_root / "sift-flow"
+    train_ds, val_ds = SIFTFlow(root, "train"), SIFTFlow(root, "val")
+    assert (len(train_ds), len(val_ds)) == (2237, 249) and train_ds.tasks is None
+    assert not {p.stem for p, _ in train_ds.samples} & {p.stem for p, _ in val_ds.samples}
+    image, mask = val_ds[0]
+    assert image.shape == (3, 256, 256) and mask.shape == (256, 256)
+    assert int(mask[mask != 255].max()) < 33
+
+
+def test_train_semantic_only_then_eval_on_a_tree_of_test_images_alone(tree: Path, tmp_path: Path) -> None:
+    shutil.rmtree(tree / "GeoLabels")
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "siftflow", "--data", str(tree), "--dataset-arg", "holdout=1",
+                 "--model", "fcn8s", "--model-arg", f"width={TINY}", "--batch-size", "2", "--crop-size", "64",
+                 "--max-steps", "4", "--val-every", "4", "--workers", "0", "--out", str(run), "--quiet"]) == 0
+    ck = load_checkpoint(run / "best.pt")
+    assert ck.heads is None and ck.config["train_split"] == "train" and ck.config["val_split"] == "val"
+    # The scoring tree holds the test images alone: no trainval images, no GeoLabels, no split lists.
+    test_tree = tmp_path / "test_only"
+    for d in ("Images", "SemanticLabels"):
+        (test_tree / d / SUB).mkdir(parents=True)
+        for i in ("street_a0", "street_a1"):
+            ext = "jpg" if d == "Images" else "mat"
+            shutil.copy(tree / d / SUB / f"{i}.{ext}", test_tree / d / SUB)
+    (test_tree / "test.txt").write_text("street_a0\nstreet_a1\n")
+    out = tmp_path / "test.json"
+    assert main(["eval", "--checkpoint", str(run / "best.pt"), "--dataset", "siftflow", "--data", str(test_tree),
+                 "--split", "test", "--workers", "0", "--out", str(out), "--quiet"]) == 0
+    m = json.loads(out.read_text())
+    h = np.array(m["confusion_matrix"], dtype=float)
+    assert m["split"] == "test" and h.sum() == m["pixels"] == 2 * 254 * 256
+    # The reference's SIFT Flow mean IU: the IU of the classes present in the ground truth, averaged.
+    present = h.sum(1) > 0
+    iu = np.diag(h)[present] / (h.sum(1) + h.sum(0) - np.diag(h))[present]
+    assert present.sum() == 3 and m["mean_iu"] == pytest.approx(iu.mean())
+    assert m["pixel_acc"] == pytest.approx(np.trace(h) / h.sum())

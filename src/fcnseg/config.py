@@ -12,7 +12,8 @@ Two named recipes (``RECIPES``) override the defaults:
 * ``modern``: pixel-averaged loss, batches of random crops padded with the ignore label, polynomial decay, SGD
   or AdamW, mixed precision where bf16 is native. With the defaults, a trained encoder's batch norms are frozen
   and folded into its convolutions (``batch_norm="auto"``), behind a 50-step linear warm-up
-  (``warmup_steps=-1``, auto; without it lr 0.01 diverged).
+  (``warmup_steps=-1``, auto; without it lr 0.01 diverged), the encoder at a tenth of the rate
+  (``encoder_lr_mult=-1``, auto; at the full rate its unnormalised activations blew up on SIFT Flow).
 
 Precedence: dataclass defaults < recipe < config file (YAML/JSON) < command-line flags.
 """
@@ -30,6 +31,15 @@ from .options import CheckData, Engine, Precision, check_choices, check_known, o
 
 def default_data_root() -> str:
     return os.environ.get("FCNSEG_DATA", "../shared/data")
+
+
+DATA_FOLDERS = {"siftflow": "sift-flow"}
+"""A dataset's folder under ``$FCNSEG_DATA`` where it is not the dataset's name (SIFT Flow's archive name)."""
+
+
+def dataset_folder(kind: str) -> Path:
+    """Where dataset ``kind`` is read from when no folder is given: ``$FCNSEG_DATA/<folder>``."""
+    return Path(default_data_root()) / DATA_FOLDERS.get(kind, kind)
 
 
 Recipe = Literal["paper", "modern"]
@@ -72,11 +82,13 @@ class TrainConfig:
     momentum: float = opt(0.9, "SGD momentum (0.99 in the paper with batch 1)")
     weight_decay: float = opt(1e-4, "L2 on weights (5e-4 in the paper)")
     bias_lr_mult: float = opt(1.0, "learning-rate factor of biases; the paper trains them at twice the rate")
+    encoder_lr_mult: float = opt(-1.0, "learning-rate factor of the encoder's parameters (the head's is 1); -1 = "
+                                 "auto: 0.1 if batch norm is frozen (an unnormalised encoder diverged at 1), else 1")
+    clip_grad_norm: float = opt(0.0, "clip the gradients' global norm to this before each step; 0 = off")
     bias_decay: bool = opt(False, "decay biases (and norm parameters) too; off, as in the paper")
     schedule: Literal["constant", "poly"] = opt("poly", "constant (paper) or poly")
     poly_power: float = opt(0.9, "exponent of polynomial decay")
-    warmup_steps: int = opt(-1, "linear warm-up steps; -1 = auto: 50 if batch norm is frozen (it diverged "
-                            "without), else 0")
+    warmup_steps: int = opt(-1, "linear warm-up steps; -1 = auto: 50 if batch norm is frozen, else 0")
     class_weights: Literal["none", "median_freq"] = opt("none", "none, or median_freq: rare classes weigh more "
                                                         "(SegNet's CamVid balancing)")
     ema_decay: float = opt(0.0, "exponential moving average of the weights, validated and saved; 0 = off (try "
@@ -113,7 +125,7 @@ class TrainConfig:
         return asdict(self)
 
     def resolved_data_root(self) -> Path:
-        return Path(self.data_root) if self.data_root else Path(default_data_root()) / self.dataset
+        return Path(self.data_root) if self.data_root else dataset_folder(self.dataset)
 
     def resolved_val(self) -> tuple[str, Path, dict[str, Any]]:
         """(family, folder, dataset kwargs) of the validation set."""
@@ -121,7 +133,7 @@ class TrainConfig:
         if self.val_data_root:
             root = Path(self.val_data_root)
         else:
-            root = self.resolved_data_root() if kind == self.dataset else Path(default_data_root()) / kind
+            root = self.resolved_data_root() if kind == self.dataset else dataset_folder(kind)
         return kind, root, self.dataset_args if kind == self.dataset else {}
 
 
@@ -213,6 +225,9 @@ def _validate(cfg: TrainConfig) -> None:
         (0 <= cfg.ema_decay < 1, "ema_decay", "must lie in [0, 1)", "0 (off) or e.g. 0.999"),
         (cfg.warmup_steps >= -1, "warmup_steps", "must be -1 (auto), 0 (off) or a number of steps",
          "-1, 0 or a number of steps"),
+        (cfg.encoder_lr_mult == -1 or cfg.encoder_lr_mult >= 0, "encoder_lr_mult",
+         "must be -1 (auto) or a factor of 0 or more", "-1 or a factor such as 0.1"),
+        (cfg.clip_grad_norm >= 0, "clip_grad_norm", "must be 0 (off) or a positive norm", "0 or e.g. 10"),
         (cfg.max_pixels >= 1, "max_pixels", "must be at least 1", "1 or more"),
         (cfg.dist_timeout >= 1, "dist_timeout", "must be at least 1 second", "1 or more seconds"),
         (cfg.crop_size >= 0, "crop_size", "must be 0 (whole images) or a side in pixels", "0 or a side"),

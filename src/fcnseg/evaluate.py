@@ -66,7 +66,7 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True) -> SegMetrics:
     scorer = spec.build()
     cm = evaluate_scores(scorer, loader, num_classes=len(ck.classes), heads=scorer.heads, device=scorer.device,
                          ignore_index=ck.ignore_index, progress=progress and is_main())
-    m = cm.compute()
+    m = cm.compute(present_only=data.dataset.present_only)
     if data.dataset.skipped:
         log.warning("skipped %d samples that failed to load (skip_bad)", data.dataset.skipped)
     if is_main():
@@ -88,6 +88,8 @@ class _EvalData(NamedTuple):
 def _eval_data(cfg: EvalConfig, ck: Checkpoint, *, progress: bool) -> _EvalData:
     """The split to score, validated (``cfg.check_data``) and checked to fit the checkpoint's classes and tasks."""
     kind, root, args, split = _resolve_data(ck.config or {}, cfg.checkpoint, cfg.dataset, cfg.data_root, cfg.split)
+    if kind == "siftflow":  # the geometric labels only for a two-headed net (a test tree may lack them)
+        args = {**args, "geo": bool(ck.heads)}
     ds = fdata.build_dataset(kind, root, split, **{**args, **cfg.dataset_args})
     ds.max_pixels = cfg.max_pixels
     if cfg.check_data != "off":

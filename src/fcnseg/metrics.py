@@ -161,7 +161,7 @@ class MultiTaskConfusion:
         for cm in self.matrices.values():
             cm.reduce()
 
-    def compute(self) -> SegMetrics:
-        tasks = {task: cm.compute(present_only=True) for task, cm in self.matrices.items()}
+    def compute(self, *, present_only: bool = True) -> SegMetrics:
+        tasks = {task: cm.compute(present_only=present_only) for task, cm in self.matrices.items()}
         first = next(iter(tasks.values()))
         return replace(first, tasks=tasks)

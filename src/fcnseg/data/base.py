@@ -90,6 +90,8 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
         ignore_index: label of pixels excluded from loss and metrics (255).
         tasks: for a multi-task dataset (masks (T, H, W)), ``{task: (class names, palette)}`` in channel order;
             ``classes`` and ``palette`` are then the first task's. ``None`` for one task.
+        present_only: score as the reference does for SIFT Flow: a class absent from the split's ground truth is
+            left out of mean IU (``ConfusionMatrix.compute(present_only=True)``).
         transforms: optional ``transforms(image, mask) -> (image, mask)``.
         resize: policy for a mask whose size differs from its image's (:data:`RESIZE_POLICIES`).
         max_pixels: largest image or mask read (width x height); larger files are bad samples.
@@ -99,6 +101,7 @@ class SegmentationDataset(Dataset[tuple[tv_tensors.Image, tv_tensors.Mask]]):
 
     ignore_index: int = IGNORE_INDEX
     tasks: dict[str, tuple[list[str], list[tuple[int, int, int]]]] | None = None
+    present_only: bool = False
     resize: str = "error"
     max_pixels: int = DEFAULT_MAX_PIXELS
     skip_bad: bool = False

@@ -9,18 +9,32 @@ reference's ``siftflow_layers.py`` (fcn.berkeleyvision.org)::
     <root>/GeoLabels/spatial_envelope_256x256_static_8outdoorcategories/<id>.mat        variable S: -1 void, 1-3
     <root>/trainval.txt, <root>/test.txt                                               ids, one a line
 
+``GeoLabels/`` may be absent (no public copy of the geometric labels exists that we could find): the dataset
+is then semantic-only, its masks (H, W), and a single-headed net (``fcn8s_efficientnet_lite0``...) trains and
+is scored on the semantic task alone. ``geo=False`` reads a tree's semantic labels alone even where
+``GeoLabels/`` is present.
+
+Splits: ``"trainval"`` and ``"test"`` (the reference's lists, shipped), and ``"train"`` / ``"val"``, which
+divide trainval by a stable hash of the ids, val taking ``holdout`` of them (10% by default): the reference
+selects its model on test, which a model scored on test must not see.
+
 As in the reference, labels are shifted down by one so the classes start at 0, and void (semantic 0,
 geometric -1 or 0) becomes the ignore label 255. The split lists (2,486 trainval and 200 test ids; the two
 images without annotations are in neither) ship in the package and are used when ``<root>`` has none.
 
-A sample's mask is a ``tv_tensors.Mask`` int64 (2, H, W): channel 0 the semantic labels (0-32, 255 void),
+With geometric labels, a sample's mask is a ``tv_tensors.Mask`` int64 (2, H, W): channel 0 the semantic labels (0-32, 255 void),
 channel 1 the geometric labels (0-2, 255 void). The joint transforms resample both channels together and
 ``pad_collate`` stacks them to (N, 2, H, W); the two-headed nets (``fcn16s_siftflow``...) return
 ``{"sem": ..., "geo": ...}`` logits in the same order, which the loss sums (as the reference does).
+
+Scoring follows the reference's SIFT Flow rule (``present_only``): a class absent from the split's ground truth
+is left out of mean IU (cow, desert and moon on the test split).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from importlib import resources
 from pathlib import Path
 
@@ -31,8 +45,8 @@ from ..errors import ConfigError, DataError
 from ..normalization import Normalization, register_normalization
 from .base import IGNORE_INDEX, SegmentationDataset, Transforms, read_ids, read_mat_labels, require_dir
 
-__all__ = ["SIFTFLOW_CLASSES", "SIFTFLOW_GEO_CLASSES", "SIFTFLOW_TASKS", "CAFFE_SIFTFLOW", "siftflow_ids",
-           "SIFTFlow"]
+__all__ = ["SIFTFLOW_CLASSES", "SIFTFLOW_GEO_CLASSES", "SIFTFLOW_TASKS", "CAFFE_SIFTFLOW", "DEFAULT_HOLDOUT",
+           "siftflow_ids", "holdout_ids", "SIFTFlow"]
 
 SIFTFLOW_CLASSES = [
     "awning", "balcony", "bird", "boat", "bridge", "building", "bus", "car", "cow", "crosswalk", "desert", "door",
@@ -51,8 +65,15 @@ SIFTFLOW_TASKS = ("sem", "geo")
 CAFFE_SIFTFLOW = register_normalization(
     Normalization("caffe_siftflow", mean=(114.578, 115.294, 108.353), bgr=True, scale=255.0))
 
+log = logging.getLogger(__name__)
+
+DEFAULT_HOLDOUT = 0.1
+"""Share of trainval that splits ``"train"`` / ``"val"`` hold out for validation."""
+
 _SUBDIR = "spatial_envelope_256x256_static_8outdoorcategories"
 _SHIPPED_SPLITS = ("trainval", "test")
+_HOLDOUT_SPLITS = ("train", "val")
+_warned_semantic_only: set[str] = set()
 _GEO_PALETTE = [(70, 130, 180), (128, 64, 128), (220, 180, 40)]  # sky blue, ground purple, upright ochre
 
 
@@ -72,27 +93,39 @@ class SIFTFlow(SegmentationDataset):
     and colours.
 
     Args:
-        root: the SIFT Flow folder (holding ``Images/``, ``SemanticLabels/``, ``GeoLabels/``).
-        split: ``"trainval"`` or ``"test"`` (``<root>/<split>.txt`` if present, else the shipped list), or any
-            ``<root>/<split>.txt``.
-        transforms: optional ``transforms(image, mask) -> (image, mask)``, applied to both channels at once.
+        root: the SIFT Flow folder (holding ``Images/``, ``SemanticLabels/`` and, optionally, ``GeoLabels/``).
+        split: ``"trainval"`` or ``"test"`` (``<root>/<split>.txt`` if present, else the shipped list),
+            ``"train"`` or ``"val"`` (trainval divided by ``holdout``, unless ``<root>/<split>.txt`` exists), or
+            any ``<root>/<split>.txt``.
+        transforms: optional ``transforms(image, mask) -> (image, mask)``, applied to all channels at once.
+        holdout: for splits ``"train"`` / ``"val"``: val's share of trainval (0 < holdout < 1) or its count of
+            images (holdout >= 1), the ids whose SHA-1 is lowest (stable across machines and file order).
+        geo: read the geometric labels too: ``None`` (default) when ``GeoLabels/`` exists, ``True`` requires it
+            (a two-task net), ``False`` reads the semantic labels alone.
     """
 
-    def __init__(self, root: str | Path, split: str = "trainval", transforms: Transforms | None = None):
+    present_only = True
+
+    def __init__(self, root: str | Path, split: str = "trainval", transforms: Transforms | None = None,
+                 holdout: float = DEFAULT_HOLDOUT, geo: bool | None = None):
         self.root = require_dir(Path(root), "SIFT Flow dataset", "pass the SIFT Flow folder (with "
-                                "Images/, SemanticLabels/, GeoLabels/) as {data_root}")
+                                "Images/ and SemanticLabels/) as {data_root}")
         fix = "pass the SIFT Flow folder with %s/" + _SUBDIR + "/ in it as {data_root}"
         images = require_dir(self.root / "Images" / _SUBDIR, "SIFT Flow images", fix % "Images")
         sem = require_dir(self.root / "SemanticLabels" / _SUBDIR, "SIFT Flow semantic labels",
                           fix % "SemanticLabels")
-        self.geo_dir = require_dir(self.root / "GeoLabels" / _SUBDIR, "SIFT Flow geometric labels",
-                                   fix % "GeoLabels")
-        split_file = self.root / f"{split}.txt"
-        if split_file.is_file() or split not in _SHIPPED_SPLITS:
-            ids = read_ids(split_file, f"use split {' or '.join(_SHIPPED_SPLITS)} (shipped), or write {split_file}")
-            source = str(split_file)
-        else:
-            ids, source = siftflow_ids(split), f"fcnseg's SIFT Flow {split} list"
+        geo_dir = self.root / "GeoLabels" / _SUBDIR
+        if geo is None:
+            geo = geo_dir.is_dir()
+            if not geo and str(self.root) not in _warned_semantic_only:
+                _warned_semantic_only.add(str(self.root))
+                log.info("SIFT Flow at %s has no GeoLabels/: the semantic task alone (33 classes)", self.root)
+        elif geo:
+            require_dir(geo_dir, "SIFT Flow geometric labels", "a two-task net needs GeoLabels/" + _SUBDIR +
+                        "/ in {data_root}, or choose a single-headed model (e.g. fcn8s_efficientnet_lite0) "
+                        "for the semantic task alone")
+        self.geo_dir: Path | None = geo_dir if geo else None
+        ids, source = _split_ids(self.root, split, holdout)
         samples = []
         for i in ids:
             image = images / f"{i}.jpg"
@@ -100,23 +133,29 @@ class SIFTFlow(SegmentationDataset):
                 raise DataError(f"{image}: image of id {i!r} listed in {source} not found", path=image,
                                 fix="restore the file or remove the id from the split")
             samples.append((image, sem / f"{i}.mat"))
-        self.tasks = {"sem": (SIFTFLOW_CLASSES, voc_palette(len(SIFTFLOW_CLASSES) + 1)[1:]),
-                      "geo": (SIFTFLOW_GEO_CLASSES, _GEO_PALETTE)}
-        super().__init__(samples, *self.tasks["sem"], transforms)
+        semantic = (SIFTFLOW_CLASSES, voc_palette(len(SIFTFLOW_CLASSES) + 1)[1:])
+        if self.geo_dir is not None:
+            self.tasks = {"sem": semantic, "geo": (SIFTFLOW_GEO_CLASSES, _GEO_PALETTE)}
+        super().__init__(samples, *semantic, transforms)
 
     def geo_path(self, sem_path: Path) -> Path:
         """The geometric label file of the sample whose semantic label file is ``sem_path``."""
+        if self.geo_dir is None:
+            raise ConfigError(f"{self.root}: read without geometric labels", fix="pass geo=True to read GeoLabels/")
         return self.geo_dir / sem_path.name
 
     def sample_files(self, sample: tuple[Path, Path]) -> tuple[Path, ...]:
-        return (*sample, self.geo_path(sample[1]))
+        return (*sample, self.geo_path(sample[1])) if self.geo_dir is not None else tuple(sample)
 
     def mask_size(self, path: Path) -> tuple[int, int] | None:
         return None  # a .mat file has no image header: only decoding tells its size
 
     def load_mask(self, path: Path) -> np.ndarray:
-        """Stacked labels (2, H, W): semantic (0-32) and geometric (0-2), void 255, each file checked."""
+        """Stacked labels (2, H, W): semantic (0-32) and geometric (0-2), void 255, each file checked; the
+        semantic labels (H, W) alone for a semantic-only dataset."""
         sem = _read_labels(path, "semantic", len(SIFTFLOW_CLASSES), void=(0,))
+        if self.geo_dir is None:
+            return sem
         geo_path = self.geo_path(path)
         geo = _read_labels(geo_path, "geometric", len(SIFTFLOW_GEO_CLASSES), void=(-1, 0))
         if sem.shape != geo.shape:
@@ -129,7 +168,36 @@ class SIFTFlow(SegmentationDataset):
         pass  # load_mask checks each file's values against its own task's classes
 
     def _fingerprint(self) -> dict[str, object]:
-        return {**super()._fingerprint(), "tasks": SIFTFLOW_TASKS}
+        return {**super()._fingerprint(), "tasks": SIFTFLOW_TASKS if self.geo_dir is not None else ("sem",)}
+
+
+def _split_ids(root: Path, split: str, holdout: float) -> tuple[list[str], str]:
+    """The ids of ``split`` and where they came from: ``<root>/<split>.txt`` if it exists, else the shipped
+    list, else (``"train"`` / ``"val"``) trainval divided by :func:`holdout_ids`."""
+    split_file = root / f"{split}.txt"
+    if split_file.is_file() or split not in _SHIPPED_SPLITS + _HOLDOUT_SPLITS:
+        ids = read_ids(split_file, f"use split {', '.join(_SHIPPED_SPLITS + _HOLDOUT_SPLITS)}, or write {split_file}")
+        return ids, str(split_file)
+    if split in _SHIPPED_SPLITS:
+        return siftflow_ids(split), f"fcnseg's SIFT Flow {split} list"
+    trainval_file = root / "trainval.txt"
+    trainval = read_ids(trainval_file, "") if trainval_file.is_file() else siftflow_ids("trainval")
+    val = set(holdout_ids(trainval, holdout))
+    return [i for i in trainval if (i in val) == (split == "val")], f"trainval held out {holdout} for val"
+
+
+def holdout_ids(ids: list[str], holdout: float) -> list[str]:
+    """The ``holdout`` share (0 < holdout < 1) or count (holdout >= 1) of ``ids`` whose SHA-1 hashes lowest:
+    the same on every machine and in any order, and an added id moves at most one other."""
+    if isinstance(holdout, bool) or not (isinstance(holdout, int | float) and holdout > 0):
+        raise ConfigError(f"holdout={holdout!r}: expected a share (0 < holdout < 1) or a count of images",
+                          fix="pass {dataset_args} holdout=0.1")
+    n_val = round(holdout * len(ids)) if holdout < 1 else int(holdout)
+    if not 1 <= n_val < len(ids):
+        raise ConfigError(f"holdout={holdout} leaves {n_val} of {len(ids)} images for val",
+                          fix="pass {dataset_args} holdout to hold out at least one image and keep at least one for "
+                              "training")
+    return sorted(ids, key=lambda i: hashlib.sha1(i.encode()).hexdigest())[:n_val]
 
 
 def _read_labels(path: Path, what: str, num_classes: int, void: tuple[int, ...]) -> np.ndarray:

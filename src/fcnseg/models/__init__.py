@@ -24,7 +24,7 @@ __all__ = [
     "FCN", "BilinearUpsample", "bilinear_kernel", "CoordMap", "coord_map", "crop_offset", "VGG16Trunk",
     "AlexNetTrunk", "convolutionalize_vgg16", "widen_input_filters", "build", "list_models", "register",
     "fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce", "fcn_alexnet", "fcn32s_siftflow", "fcn16s_siftflow",
-    "fcn8s_siftflow", "task_heads", "joined_logits", "head_labels", "siftflow_heads",
+    "fcn8s_siftflow", "is_multitask", "task_heads", "joined_logits", "head_labels", "siftflow_heads",
 ]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -40,6 +40,13 @@ def list_models() -> list[str]:
     """Names accepted by :func:`build`, sorted."""
     _load_backbones()
     return sorted(_REGISTRY)
+
+
+def is_multitask(name: str) -> bool:
+    """Whether model ``name`` has one head per SIFT Flow task (its factory takes ``geo_classes``), without
+    building it; ``False`` for an unknown name (:func:`build` refuses it)."""
+    _load_backbones()
+    return name in _REGISTRY and "geo_classes" in inspect.signature(_REGISTRY[name]).parameters
 
 
 def build(name: str, **kwargs: Any) -> nn.Module:
