@@ -252,3 +252,39 @@ def test_resume_keeps_the_runs_batch_norm_mode(data_root, tmp_path):
                      max_steps=2, val_every=1, resume=str(out / "last.pt"), overwrite=True)
     with pytest.raises(ValueError, match="trained with batch norm train.*fix: resume with `batch_norm` train"):
         run_train(again, progress=False)
+
+
+def test_absorbing_the_scale_keeps_the_function_and_loads_into_a_plain_model():
+    net = _conv_bn_relu()
+    x = torch.tensor([[[[1.0, -2.0]]]])
+    want = copy.deepcopy(net).eval()(x)
+    freeze_batch_norm(net, absorb=True)
+    # By hand: w' = w * gamma / sqrt(var + eps) = (2 * 0.5 / 2, -1 * 2 / 0.5) = (0.5, -4); the statistics become
+    # mean 0, var 1 - eps, gamma 1; beta holds the folded bias less the conv's: 1 + (1 - 3) * 0.25 - 1 = -0.5,
+    # -1 + (0 + 2) * 4 - 0 = 7.
+    assert net[0].weight.flatten().tolist() == [0.5, -4.0]
+    assert net[1].bias.tolist() == [-0.5, 7.0] and net[1].weight.tolist() == [1.0, 1.0]
+    assert net[1].running_mean.tolist() == [0.0, 0.0]
+    torch.testing.assert_close(net.train()(x), want)
+    plain = nn.Sequential(nn.Conv2d(1, 2, 1, bias=True), nn.BatchNorm2d(2, eps=1e-12), nn.ReLU())
+    plain.load_state_dict(net.state_dict(), strict=True)
+    torch.testing.assert_close(plain.eval()(x), want)
+
+
+def test_frozen_batch_norm_resolves_its_encoder_rate_and_clipping(data_root, tmp_path):
+    from fcnseg.train import FROZEN_BN_CLIP_GRAD_NORM, FROZEN_BN_ENCODER_LR_MULT
+
+    for mode, want in (("frozen", (FROZEN_BN_ENCODER_LR_MULT, FROZEN_BN_CLIP_GRAD_NORM, FROZEN_BN_WARMUP)),
+                       ("train", (1.0, 0.0, 0))):
+        out = tmp_path / mode
+        cfg = tiny_cfg(data_root, out, model="fcn8s_efficientnet_lite0", model_args={}, batch_norm=mode,
+                       max_steps=1, val_every=1)
+        run_train(cfg, progress=False)
+        saved = json.loads((out / "config.json").read_text())
+        assert (saved["encoder_lr_mult"], saved["clip_grad_norm"], saved["warmup_steps"]) == want
+    # Given values are kept.
+    out = tmp_path / "given"
+    run_train(tiny_cfg(data_root, out, model="fcn8s_efficientnet_lite0", model_args={}, batch_norm="frozen",
+                       max_steps=1, val_every=1, encoder_lr_mult=0.5, clip_grad_norm=0.0), progress=False)
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["encoder_lr_mult"], saved["clip_grad_norm"]) == (0.5, 0.0)

@@ -23,12 +23,12 @@ from scipy.io import savemat
 from fcnseg import data as fdata
 from fcnseg.checkpoint import load_checkpoint
 from fcnseg.cli import main
+from fcnseg.config import TrainConfig
 from fcnseg.convert import convert_caffemodel
 from fcnseg.data import DataError, SIFTFlow
-from fcnseg.config import TrainConfig
 from fcnseg.data.siftflow import SIFTFLOW_CLASSES, SIFTFLOW_GEO_CLASSES, holdout_ids, siftflow_ids
-from fcnseg.losses import segmentation_loss
 from fcnseg.errors import ConfigError
+from fcnseg.losses import segmentation_loss
 from fcnseg.metrics import MultiTaskConfusion
 from fcnseg.models import build
 from fcnseg.normalization import EFFICIENTNET_LITE

@@ -14,12 +14,13 @@ from torch import nn
 from fcnseg import data as fdata
 from fcnseg import train
 from fcnseg.checkpoint import load_checkpoint
-from fcnseg.config import make_config
+from fcnseg.config import TrainConfig, make_config
 from fcnseg.engine import TrainMeter, train_step
 from fcnseg.errors import TrainingDiverged
-from fcnseg.normalization import IMAGENET
+from fcnseg.models import build
+from fcnseg.normalization import IMAGENET, Normalization
 from fcnseg.train import run_train
-from fcnseg.train_state import TrainState, new_state
+from fcnseg.train_state import TrainState, new_state, param_groups
 from test_train import tiny_cfg
 
 
@@ -198,3 +199,45 @@ def test_a_diverging_run_stops_before_any_checkpoint_holds_its_weights(data_root
         run_train(cfg, progress=False)
     assert not (tmp_path / "run" / "best.pt").exists() and not (tmp_path / "run" / "last.pt").exists()
 
+
+
+def test_meter_stops_a_blow_up_before_it_is_nan():
+    meter = TrainMeter(torch.device("cpu"), limit=100.0, cause=" (the cause)", fix="lower {encoder_lr_mult}")
+    meter.add(torch.tensor(3.0), step=1, images=2)
+    meter.add(torch.tensor(99.0), step=2, images=2)
+    meter.read()
+    meter.add(torch.tensor(4.2e5), step=3, images=2)
+    with pytest.raises(TrainingDiverged, match=r"loss is 4.2e\+05 at step 3 \(the cause\)") as e:
+        meter.check()
+    assert e.value.option == "encoder_lr_mult"
+
+
+def test_encoder_groups_take_their_factor_and_the_head_comes_first():
+    model = build("fcn8s_efficientnet_lite0", num_classes=3)
+    cfg = TrainConfig(lr=0.01, bias_lr_mult=2.0, encoder_lr_mult=0.1)
+    groups = param_groups(model, cfg)
+    encoder = {id(p) for p in model.encoder.parameters()}
+    assert [round(g["lr"], 6) for g in groups] == [0.01, 0.02, 0.001, 0.002]
+    assert [g["weight_decay"] for g in groups] == [cfg.weight_decay, 0.0, cfg.weight_decay, 0.0]
+    assert all(id(p) not in encoder for g in groups[:2] for p in g["params"])
+    assert all(id(p) in encoder for g in groups[2:] for p in g["params"])
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert len(param_groups(model, TrainConfig(encoder_lr_mult=1.0))) == 2  # one rate: the two groups as before
+
+
+def test_train_step_clips_the_gradient_norm():
+    torch.manual_seed(0)
+    model = nn.Conv2d(3, 2, 1)
+    images, masks = torch.rand(2, 3, 4, 4), torch.randint(0, 2, (2, 4, 4))
+    norm = Normalization("plain", (0.0,) * 3)
+    loss = nn.functional.cross_entropy(model(norm(images)), masks)
+    raw = float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in torch.autograd.grad(
+        loss, list(model.parameters()))])))
+    for clip, want in ((raw / 2, raw / 2), (raw * 2, raw)):  # a bound above the norm changes nothing
+        m = nn.Conv2d(3, 2, 1)
+        m.load_state_dict(model.state_dict())
+        opt = torch.optim.SGD(m.parameters(), lr=1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        train_step(m, images, masks, opt, sched, norm=norm, device=torch.device("cpu"), clip_grad_norm=clip)
+        step = torch.cat([(p.detach() - b).flatten() for p, b in zip(m.parameters(), model.parameters(), strict=True)])
+        assert float(step.norm()) == pytest.approx(want, rel=1e-4)  # plain SGD at lr 1: the update is the gradient

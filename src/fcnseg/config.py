@@ -13,7 +13,8 @@ Two named recipes (``RECIPES``) override the defaults:
   or AdamW, mixed precision where bf16 is native. With the defaults, a trained encoder's batch norms are frozen
   and folded into its convolutions (``batch_norm="auto"``), behind a 50-step linear warm-up
   (``warmup_steps=-1``, auto; without it lr 0.01 diverged), the encoder at a tenth of the rate
-  (``encoder_lr_mult=-1``, auto; at the full rate its unnormalised activations blew up on SIFT Flow).
+  (``encoder_lr_mult=-1``) and the gradients' norm clipped to 5 (``clip_grad_norm=-1``): without the last
+  two, the unnormalised encoder blew up on SIFT Flow and on small CamVid batches (benchmarks/RESULTS.md).
 
 Precedence: dataclass defaults < recipe < config file (YAML/JSON) < command-line flags.
 """
@@ -84,7 +85,8 @@ class TrainConfig:
     bias_lr_mult: float = opt(1.0, "learning-rate factor of biases; the paper trains them at twice the rate")
     encoder_lr_mult: float = opt(-1.0, "learning-rate factor of the encoder's parameters (the head's is 1); -1 = "
                                  "auto: 0.1 if batch norm is frozen (an unnormalised encoder diverged at 1), else 1")
-    clip_grad_norm: float = opt(0.0, "clip the gradients' global norm to this before each step; 0 = off")
+    clip_grad_norm: float = opt(-1.0, "clip the gradients' global norm to this before each step; 0 = off, -1 = "
+                                "auto: 5 if batch norm is frozen, else off")
     bias_decay: bool = opt(False, "decay biases (and norm parameters) too; off, as in the paper")
     schedule: Literal["constant", "poly"] = opt("poly", "constant (paper) or poly")
     poly_power: float = opt(0.9, "exponent of polynomial decay")
@@ -227,7 +229,8 @@ def _validate(cfg: TrainConfig) -> None:
          "-1, 0 or a number of steps"),
         (cfg.encoder_lr_mult == -1 or cfg.encoder_lr_mult >= 0, "encoder_lr_mult",
          "must be -1 (auto) or a factor of 0 or more", "-1 or a factor such as 0.1"),
-        (cfg.clip_grad_norm >= 0, "clip_grad_norm", "must be 0 (off) or a positive norm", "0 or e.g. 10"),
+        (cfg.clip_grad_norm == -1 or cfg.clip_grad_norm >= 0, "clip_grad_norm",
+         "must be -1 (auto), 0 (off) or a positive norm", "-1, 0 or e.g. 5"),
         (cfg.max_pixels >= 1, "max_pixels", "must be at least 1", "1 or more"),
         (cfg.dist_timeout >= 1, "dist_timeout", "must be at least 1 second", "1 or more seconds"),
         (cfg.crop_size >= 0, "crop_size", "must be 0 (whole images) or a side in pixels", "0 or a side"),

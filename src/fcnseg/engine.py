@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -41,10 +42,14 @@ class TrainMeter:
 
     :meth:`add` after each step queues a few tiny device operations and never waits for the device; only
     :meth:`read` (at logged steps) and :meth:`check` (before a checkpoint) copy to the host, once each. The
-    first step whose loss was not finite is remembered on the device, so a check names it exactly.
+    first step whose loss was not finite (or above ``limit``: a mean cross-entropy of hundreds is a blow-up) is
+    remembered on the device, so a check names it exactly; :class:`~fcnseg.errors.TrainingDiverged` then says
+    ``cause`` (the likely one, from the run's settings) and ``fix``.
     """
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, *, limit: float = math.inf, cause: str = "",
+                 fix: str = "lower {lr} (or lengthen {warmup_steps}) and start again"):
+        self.limit, self.cause, self.fix = limit, cause, fix  # a loss above limit counts as diverged
         self.total = torch.zeros((), device=device)  # sum of the losses since the last read
         self.first_bad = torch.zeros((), device=device)  # first step with a NaN/Inf loss; 0 = none
         self.bad_loss = torch.zeros((), device=device)  # that step's loss
@@ -56,7 +61,7 @@ class TrainMeter:
         """Count ``step`` (its number, from 1), which trained on ``images`` images with mean loss ``loss``."""
         loss = loss.detach().float()
         self.total += loss
-        bad = ~torch.isfinite(loss) & (self.first_bad == 0)
+        bad = (~torch.isfinite(loss) | (loss > self.limit)) & (self.first_bad == 0)  # NaN, Inf, past the limit
         self.first_bad.masked_fill_(bad, step)
         self.bad_loss = torch.where(bad, loss, self.bad_loss)
         self.steps, self.images = self.steps + 1, self.images + images
@@ -64,8 +69,8 @@ class TrainMeter:
     def _pull(self) -> float:
         total, first_bad, bad_loss = torch.stack([self.total, self.first_bad, self.bad_loss]).tolist()  # 1 sync
         if first_bad:
-            raise TrainingDiverged(f"the training loss is {bad_loss} at step {int(first_bad)}",
-                                   fix="lower {lr} (or lengthen {warmup_steps}) and start again")
+            raise TrainingDiverged(f"the training loss is {bad_loss:.4g} at step {int(first_bad)}{self.cause}",
+                                   fix=self.fix)
         return total
 
     def check(self) -> None:
@@ -96,13 +101,16 @@ def train_step(
     amp: bool = False,
     channels_last: bool = False,
     class_weights: Tensor | None = None,
+    clip_grad_norm: float = 0.0,
 ) -> Tensor:
     """One optimiser and scheduler step on a batch: ``images`` (N, C, H, W) in [0, 1], ``masks`` (N, H, W)
     or (N, T, H, W) for a multi-task model. Returns the loss, detached, on the device: nothing here waits
     for the device, so a caller that reads it only now and then (:class:`TrainMeter`) keeps it busy.
 
     ``channels_last`` feeds the images in NHWC layout (the model should be converted likewise);
-    ``class_weights`` (K,) weighs each pixel's loss by its class (:func:`~fcnseg.losses.median_frequency_weights`).
+    ``class_weights`` (K,) weighs each pixel's loss by its class (:func:`~fcnseg.losses.median_frequency_weights`);
+    ``clip_grad_norm`` > 0 scales the gradients down to that global norm where it is larger (on the device, no
+    wait).
     """
     x = images.to(device, non_blocking=True)
     if channels_last:
@@ -115,6 +123,8 @@ def train_step(
                              weight=class_weights)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if clip_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_grad_norm)
     optimizer.step()
     scheduler.step()
     return loss.detach()

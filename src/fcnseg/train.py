@@ -39,17 +39,17 @@ from .errors import (
     TrainingDiverged,
     TrainingInterrupted,
 )
-from .models import build, task_heads
-from .models.batchnorm import freeze_batch_norm, has_batch_norm
+from .models import build, is_multitask, task_heads
+from .models.batchnorm import freeze_batch_norm, frozen_batch_norms, has_batch_norm
 from .normalization import Normalization, get_normalization
 from .outputs import atomic_write, check_output_dir, free_bytes, remove_stale_temp_files
 from .precision import resolve_precision
 from .progress import Progress
 from .train_state import TrainState, make_ema, make_optimizer, make_scheduler, new_state, param_groups
 
-__all__ = ["FROZEN_BN_WARMUP", "Run", "TrainState", "TrainingDiverged", "TrainingInterrupted", "batch_norm_mode",
-           "build_model", "check_resume", "make_ema", "make_optimizer", "make_run", "make_scheduler",
-           "param_groups", "resume", "run_train", "train_loop"]
+__all__ = ["FROZEN_BN_CLIP_GRAD_NORM", "FROZEN_BN_ENCODER_LR_MULT", "FROZEN_BN_WARMUP", "Run", "TrainState",
+           "TrainingDiverged", "TrainingInterrupted", "batch_norm_mode", "build_model", "check_resume", "make_ema",
+           "make_optimizer", "make_run", "make_scheduler", "param_groups", "resume", "run_train", "train_loop"]
 
 log = logging.getLogger("fcnseg.train")
 
@@ -99,7 +99,8 @@ def build_model(cfg: TrainConfig, ds: fdata.SegmentationDataset, device: torch.d
                 ) -> tuple[nn.Module, Normalization, TrainConfig]:
     """The model ``cfg`` names for ``ds``'s classes, on ``device``: weights from ``init_from``, the encoder
     frozen (``freeze_encoder``), batch norm frozen or trained (:func:`batch_norm_mode`). Returns it, the input
-    normalisation it expects, and ``cfg`` with the automatic warm-up (``warmup_steps=-1``) resolved."""
+    normalisation it expects, and ``cfg`` with the automatic warm-up (``warmup_steps=-1``), encoder
+    learning-rate factor (``encoder_lr_mult=-1``) and gradient clipping (``clip_grad_norm=-1``) resolved."""
     norm = get_normalization(cfg.normalization or default_normalization(cfg.model, cfg.model_args))
     model = build(cfg.model, **_model_args(cfg, ds))
     _check_tasks(model, ds, cfg)
@@ -118,6 +119,10 @@ def build_model(cfg: TrainConfig, ds: fdata.SegmentationDataset, device: torch.d
                  "convolutions; batch_norm=train re-estimates them", frozen, folded)
     if cfg.warmup_steps < 0:  # auto: frozen BN at lr 0.01 diverged without one (RESULTS.md, abl_frozenbn)
         cfg = dataclasses.replace(cfg, warmup_steps=FROZEN_BN_WARMUP if frozen_bn else 0)
+    if cfg.encoder_lr_mult < 0:  # auto: frozen BN's unnormalised encoder diverged at the head's rate (issue 19)
+        cfg = dataclasses.replace(cfg, encoder_lr_mult=FROZEN_BN_ENCODER_LR_MULT if frozen_bn else 1.0)
+    if cfg.clip_grad_norm < 0:  # auto: and its gradient spikes compound without a bound on the step
+        cfg = dataclasses.replace(cfg, clip_grad_norm=FROZEN_BN_CLIP_GRAD_NORM if frozen_bn else 0.0)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -190,6 +195,7 @@ class Run:
     writer: Any  # a TensorBoard SummaryWriter on rank 0, else None
     bar: Progress
     meter: TrainMeter
+    present_only: bool = False  # the validation set's scoring rule (SIFT Flow's: absent classes left out)
 
     @property
     def last(self) -> int:
@@ -225,7 +231,7 @@ def make_run(cfg: TrainConfig, state: TrainState, train_ds: fdata.SegmentationDa
     weights = _class_weights(train_ds, cfg.class_weights, progress and main, decoded)
     options = dict(loss_reduction=cfg.loss, ignore_index=train_ds.ignore_index, channels_last=cfg.channels_last,
                    amp=resolve_precision(cfg.precision, device) == "bf16",
-                   class_weights=None if weights is None else weights.to(device))
+                   class_weights=None if weights is None else weights.to(device), clip_grad_norm=cfg.clip_grad_norm)
     template = Checkpoint(model_name=cfg.model, model_args=_model_args(cfg, train_ds), state_dict={},
                           classes=list(train_ds.classes), palette=list(train_ds.palette), normalization=norm,
                           ignore_index=train_ds.ignore_index, config=cfg.to_dict(), extra=task_extra(train_ds.tasks))
@@ -233,7 +239,7 @@ def make_run(cfg: TrainConfig, state: TrainState, train_ds: fdata.SegmentationDa
     return Run(cfg, device, world, main, out, step_model, sampler, loader, val_loader, norm, options, template,
                len(train_ds), _tensorboard(out) if main else None,
                Progress(cfg.stop_at or cfg.max_steps, "train", "step", enabled=progress and main, initial=state.step),
-               TrainMeter(device))
+               _meter(cfg, state.model, device), present_only=_present_only(val_ds))
 
 
 def train_loop(run: Run, state: TrainState, stop: _StopRequest) -> None:
@@ -290,7 +296,7 @@ def _validate_and_save(run: Run, state: TrainState) -> None:
         cm = evaluate(state.evaluated, run.val_loader, num_classes=len(run.template.classes), norm=run.norm,
                       device=run.device, ignore_index=run.template.ignore_index, amp=run.step_options["amp"],
                       progress=False)
-    m = cm.compute()
+    m = cm.compute(present_only=run.present_only)
     set_train_mode(state.model)
     if not run.main:
         return
@@ -385,6 +391,17 @@ def default_normalization(model: str, model_args: dict[str, Any] | None = None) 
 FROZEN_BN_WARMUP = 50
 """Warm-up steps of ``warmup_steps=-1`` (auto) when batch norm is frozen (CamVid, benchmarks/RESULTS.md)."""
 
+FROZEN_BN_ENCODER_LR_MULT = 0.1
+"""The encoder's learning-rate factor of ``encoder_lr_mult=-1`` (auto) when batch norm is frozen: with its
+statistics fixed, nothing renormalises the encoder's activations, so an update that grows one layer's output
+grows every later one's, and at the head's rate the loss blew up within 60 steps on SIFT Flow and a second
+dataset (``benchmarks/frozen_bn.py``, benchmarks/RESULTS.md, issue 19)."""
+
+FROZEN_BN_CLIP_GRAD_NORM = 5.0
+"""The gradient-norm bound of ``clip_grad_norm=-1`` (auto) when batch norm is frozen: the encoder at a tenth of
+the rate still saw the gradient norm jump from ~10 to ~60 and the loss with it on small batches (CamVid, 4 crops
+of 128); bounded, the same runs train smoothly (benchmarks/RESULTS.md, issue 19)."""
+
 
 def batch_norm_mode(cfg: TrainConfig) -> str:
     """``"frozen"`` or ``"train"``: ``cfg.batch_norm``, where ``auto`` is frozen when the weights start trained.
@@ -437,9 +454,11 @@ def _ignore_stop_signals(worker_id: int) -> None:
 
 def _datasets(cfg: TrainConfig) -> tuple[fdata.SegmentationDataset, fdata.SegmentationDataset]:
     root = cfg.resolved_data_root()
-    train_ds = fdata.build_dataset(cfg.dataset, root, cfg.train_split, **cfg.dataset_args)
+    train_ds = fdata.build_dataset(cfg.dataset, root, cfg.train_split, **_task_args(cfg.dataset, cfg.dataset_args,
+                                                                                     is_multitask(cfg.model)))
     val_kind, val_root, val_args = cfg.resolved_val()
-    val_ds = fdata.build_dataset(val_kind, val_root, cfg.val_split, **val_args)
+    val_ds = fdata.build_dataset(val_kind, val_root, cfg.val_split, **_task_args(val_kind, val_args,
+                                                                                 is_multitask(cfg.model)))
     if val_ds.classes != train_ds.classes:
         raise DataError(f"validation set {val_root} ({val_kind}) has classes {val_ds.classes}; the training set "
                         f"{root} has {train_ds.classes}: they must be the same, in the same order", path=val_root,
@@ -447,6 +466,34 @@ def _datasets(cfg: TrainConfig) -> tuple[fdata.SegmentationDataset, fdata.Segmen
     for ds in (train_ds, val_ds):
         ds.max_pixels = cfg.max_pixels
     return train_ds, val_ds
+
+
+DIVERGED_MEAN_LOSS = 100.0
+"""A pixel-averaged cross-entropy above this is a blow-up (it starts near ln K, 3.5 for 33 classes), stopped
+as a divergence rather than trained on until it is NaN."""
+
+
+def _meter(cfg: TrainConfig, model: nn.Module, device: torch.device) -> TrainMeter:
+    """The run's loss meter, whose divergence error names the likely cause and the flag for this run."""
+    limit = DIVERGED_MEAN_LOSS if cfg.loss == "mean" else float("inf")
+    if frozen_batch_norms(model)[0]:
+        cause = (f" (likely cause: batch norm is frozen, so nothing renormalises the encoder's activations, and its "
+                 f"updates compound at encoder lr {cfg.lr * cfg.encoder_lr_mult:g})")
+        fix = (f"lower {{encoder_lr_mult}} (now {cfg.encoder_lr_mult:g}) or {{lr}}, bound {{clip_grad_norm}} (now "
+               f"{cfg.clip_grad_norm:g}), or re-estimate batch norm with {{batch_norm}} train, and start again")
+        return TrainMeter(device, limit=limit, cause=cause, fix=fix)
+    return TrainMeter(device, limit=limit, fix="lower {lr} (or lengthen {warmup_steps}) and start again")
+
+
+def _present_only(ds: Dataset) -> bool:
+    """The scoring rule of ``ds`` (or of the dataset a ``Subset`` cuts)."""
+    return bool(getattr(ds.dataset if isinstance(ds, torch.utils.data.Subset) else ds, "present_only", False))
+
+
+def _task_args(kind: str, args: dict[str, Any], multitask: bool) -> dict[str, Any]:
+    """``args`` for dataset ``kind``, with SIFT Flow's ``geo`` chosen by the model: a two-headed net needs the
+    geometric labels, a single-headed one reads the semantic labels alone (``geo`` given: as given)."""
+    return {"geo": multitask, **args} if kind == "siftflow" else args
 
 
 def _checks_before_work(cfg: TrainConfig, datasets: tuple[fdata.SegmentationDataset, ...], progress: bool

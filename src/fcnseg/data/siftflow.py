@@ -22,9 +22,9 @@ As in the reference, labels are shifted down by one so the classes start at 0, a
 geometric -1 or 0) becomes the ignore label 255. The split lists (2,486 trainval and 200 test ids; the two
 images without annotations are in neither) ship in the package and are used when ``<root>`` has none.
 
-With geometric labels, a sample's mask is a ``tv_tensors.Mask`` int64 (2, H, W): channel 0 the semantic labels (0-32, 255 void),
-channel 1 the geometric labels (0-2, 255 void). The joint transforms resample both channels together and
-``pad_collate`` stacks them to (N, 2, H, W); the two-headed nets (``fcn16s_siftflow``...) return
+With geometric labels, a sample's mask is a ``tv_tensors.Mask`` int64 (2, H, W): channel 0 the semantic
+labels (0-32, 255 void), channel 1 the geometric labels (0-2, 255 void). The joint transforms resample both
+channels together and ``pad_collate`` stacks them to (N, 2, H, W); the two-headed nets (``fcn16s_siftflow``...) return
 ``{"sem": ..., "geo": ...}`` logits in the same order, which the loss sums (as the reference does).
 
 Scoring follows the reference's SIFT Flow rule (``present_only``): a class absent from the split's ground truth

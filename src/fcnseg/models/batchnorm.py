@@ -167,6 +167,22 @@ class FoldedConv2d(nn.Conv2d):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, folds {self.bn_name}"
 
+    @torch.no_grad()
+    def absorb_scale(self) -> None:
+        """Move the batch norm's scale ``s`` into ``weight`` for good, computing the same function: ``weight``
+        becomes ``w * s``, the batch norm's statistics mean 0 and variance ``1 - eps`` (so ``sqrt(var + eps)``
+        is 1), gamma 1, and beta the whole folded bias ``beta + (b - mean) * s`` (less ``b``, which the
+        convolution still adds). An SGD step then moves the effective weight by the learning rate itself,
+        not by ``s^2`` times it (module docstring)."""
+        bn: FoldedBatchNorm2d = self.bn  # type: ignore[assignment]
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        bias = torch.zeros_like(bn.bias) if self.bias is None else self.bias
+        bn.bias.copy_(bn.bias + (bias - bn.running_mean) * scale - bias)
+        self.weight.mul_(scale.reshape(-1, 1, 1, 1).to(self.weight.dtype))
+        bn.running_mean.zero_()
+        bn.running_var.fill_(1.0 - bn.eps)
+        bn.weight.fill_(1.0)
+
 
 def _freezable(m: nn.Module) -> bool:
     """A plain ``nn.BatchNorm2d``, or a subclass whose only children are ``drop``/``act`` (timm's
@@ -220,13 +236,17 @@ def _fold_pairs(parent: nn.Module, prefix: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def freeze_batch_norm(model: nn.Module, *, fold: bool = True) -> tuple[int, int]:
+def freeze_batch_norm(model: nn.Module, *, fold: bool = True, absorb: bool = False) -> tuple[int, int]:
     """Freeze every batch norm inside ``model`` (running statistics fixed, gamma and beta trained), in place, by
     replacing it with a :class:`FrozenBatchNorm2d`; returns :func:`frozen_batch_norms`' ``(frozen, folded)``.
 
     With ``fold``, each one fed by a convolution alone is computed inside it (:class:`FoldedConv2d`, module
-    docstring). The replacements share the replaced modules' tensors, so build the optimiser after this call or
-    before, either way; ``state_dict`` keys do not change. Undo with :func:`unfreeze_batch_norm`.
+    docstring). With ``absorb``, each folded batch norm's scale moves into its convolution's weights for good
+    (:meth:`FoldedConv2d.absorb_scale`): the same function, each layer trained at the learning rate itself rather
+    than at ``s^2`` times it. It is off by default: measured, it did not stop the divergence that frozen batch
+    norm had at lr 0.01 (``benchmarks/frozen_bn.py --fold unit``, benchmarks/RESULTS.md). The replacements share the replaced modules' tensors, so build the optimiser after this call or
+    before, either way; ``state_dict`` keys do not change (their values do, with ``absorb``: a plain model
+    loading them computes the same). Undo with :func:`unfreeze_batch_norm`.
     """
     uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
     for prefix, parent in list(model.named_modules()):
@@ -238,6 +258,8 @@ def freeze_batch_norm(model: nn.Module, *, fold: bool = True) -> tuple[int, int]
                 folded.folded_into = f"{prefix}.{conv_name}".lstrip(".")
                 setattr(parent, conv_name, FoldedConv2d(conv, folded, bn_name))
                 setattr(parent, bn_name, folded)
+                if absorb:
+                    getattr(parent, conv_name).absorb_scale()
         for name, child in list(parent.named_children()):
             if _freezable(child):
                 setattr(parent, name, FrozenBatchNorm2d.from_batch_norm(child))  # type: ignore[arg-type]
