@@ -8,14 +8,18 @@ convolution computes with): ``|delta(w s)| / |w s|``. An SGD step changes ``w`` 
 ``g_w = s * g_(ws)``, so the effective weight moves by ``lr * s^2 * g_(ws)``: a layer with a large ``s`` trains at
 ``s^2`` times the learning rate. ``--fold`` picks the parameterisation:
 
-* ``scaled``: fcnseg <= 0.2.0's fold (``w`` and ``gamma`` trained, ``s`` recomputed each step);
-* ``unit``: the fold fcnseg 0.3 makes: ``w * s`` moved into the convolution once, the statistics set to mean 0,
-  variance 1, ``gamma`` 1, so every folded layer trains at the base learning rate (same function at step 0).
+* ``scaled``: fcnseg's fold (``w`` and ``gamma`` trained, ``s`` recomputed each step);
+* ``unit``: ``w * s`` moved into the convolution once, the statistics set to mean 0, variance 1, ``gamma`` 1
+  (``freeze_batch_norm(absorb=True)``), so every folded layer trains at the base learning rate (the same function
+  at step 0); ``unit-fixed-gamma`` also stops ``gamma`` training.
+
+``--encoder-lr-mult``, ``--clip-grad-norm`` and ``--batch-norm`` are ``fcnseg train``'s (-1: the automatic value).
 
 Usage::
 
-    python benchmarks/frozen_bn.py --dataset siftflow --fold scaled --steps 70
-    python benchmarks/frozen_bn.py --dataset siftflow --fold unit --steps 70
+    python benchmarks/frozen_bn.py --dataset siftflow --fold scaled --encoder-lr-mult 1 --clip-grad-norm 0
+    python benchmarks/frozen_bn.py --dataset siftflow --fold unit --encoder-lr-mult 1 --clip-grad-norm 0
+    python benchmarks/frozen_bn.py --dataset camvid --batch-size 4 --crop-size 128 --steps 80
 """
 
 from __future__ import annotations
@@ -60,8 +64,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--warmup-steps", type=int, default=-1)
     ap.add_argument("--precision", default="fp32")
-    ap.add_argument("--encoder-lr-mult", type=float, default=1.0)
-    ap.add_argument("--clip-grad-norm", type=float, default=0.0)
+    ap.add_argument("--encoder-lr-mult", type=float, default=-1.0)
+    ap.add_argument("--clip-grad-norm", type=float, default=-1.0)
     ap.add_argument("--batch-norm", default="auto")
     ap.add_argument("--json", default="", help="write the per-step records here")
     a = ap.parse_args()
@@ -83,7 +87,8 @@ def main() -> None:
                 m.bn.weight.requires_grad_(False)  # type: ignore[union-attr]
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.backends.cpu.get_cpu_capability()}; dataset {a.dataset}, fold {a.fold}, batch {a.batch_size}, "
-          f"crop {a.crop_size}, lr {a.lr}, warm-up {cfg.warmup_steps}")
+          f"crop {a.crop_size}, lr {a.lr}, warm-up {cfg.warmup_steps}, encoder lr x{cfg.encoder_lr_mult:g}, "
+          f"clip {cfg.clip_grad_norm:g}")
     scales = []
     for name, m in model.named_modules():
         if isinstance(m, FoldedConv2d):
@@ -119,8 +124,8 @@ def main() -> None:
         gnorm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()
                                                              if p.grad is not None])))
         lr = opt.param_groups[0]["lr"]
-        if a.clip_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(list(model.parameters()), a.clip_grad_norm)
+        if cfg.clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(list(model.parameters()), cfg.clip_grad_norm)
         opt.step()
         sched.step()
         after = effective_weights(model)

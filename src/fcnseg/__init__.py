@@ -4,4 +4,4 @@ Long, Shelhamer & Darrell, "Fully Convolutional Networks for Semantic Segmentati
 (arXiv:1411.4038) and PAMI 2016. The paper's networks, exactly, and the whole workflow around them.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

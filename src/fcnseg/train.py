@@ -172,6 +172,13 @@ def check_resume(ck: Checkpoint, cfg: TrainConfig, state: TrainState, *, world: 
     if state.ema is not None and "ema" not in ck.train_state:
         raise ConfigError(f"{path}: the run kept no moving average of its weights", path=path,
                           fix="resume without {ema_decay}")
+    groups = len(ck.train_state.get("optimizer", {}).get("param_groups", state.optimizer.param_groups))
+    if groups != len(state.optimizer.param_groups):  # the encoder's own rate makes groups of its own
+        was = saved.get("encoder_lr_mult", 1.0)
+        raise ConfigError(f"{path}: the run's optimiser had {groups} parameter groups, this one would have "
+                          f"{len(state.optimizer.param_groups)} (encoder lr factor {was:g} then, "
+                          f"{cfg.encoder_lr_mult:g} now)", path=path,
+                          fix=f"resume with {{encoder_lr_mult}} {was:g} (and the run's {{clip_grad_norm}})")
 
 
 @dataclasses.dataclass(eq=False)
