@@ -245,8 +245,9 @@ def freeze_batch_norm(model: nn.Module, *, fold: bool = True, absorb: bool = Fal
     (:meth:`FoldedConv2d.absorb_scale`): the same function, each layer trained at the learning rate itself rather
     than at ``s^2`` times it. It is off by default: measured, it did not stop the divergence that frozen batch
     norm had at lr 0.01 (``benchmarks/frozen_bn.py --fold unit``, benchmarks/RESULTS.md). The replacements share
-    the replaced modules' tensors, so build the optimiser after this call or before, either way; ``state_dict`` keys do not change (their values do, with ``absorb``: a plain model
-    loading them computes the same). Undo with :func:`unfreeze_batch_norm`.
+    the replaced modules' tensors, so build the optimiser after this call or before, either way; ``state_dict``
+    keys do not change (their values do, with ``absorb``: a plain model loading them computes the same).
+    Undo with :func:`unfreeze_batch_norm`.
     """
     uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
     for prefix, parent in list(model.named_modules()):
