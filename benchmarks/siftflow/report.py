@@ -34,7 +34,8 @@ def row(run: Path) -> str:
     ck = load_checkpoint(run / "best.pt")
     cfg = json.loads((run / "config.json").read_text())
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    wall = max((r.get("wall_s", 0) for r in log), default=0) / 60
+    walls = [r["wall_s"] for r in log if "wall_s" in r]  # restarts from 0 where a run was resumed
+    wall = sum(w for w, after in zip(walls, [*walls[1:], 0.0], strict=True) if after < w) / 60
     m = ck.metrics or {}
     extras = [f"bn {cfg['batch_norm']}"] + (["median_freq"] if cfg.get("class_weights") == "median_freq" else [])
     return (f"| `{cfg['model']}` ({', '.join(extras)}) | {m.get('step')} / {cfg['max_steps']} | {wall:.0f} | "
