@@ -76,8 +76,8 @@ def test_a_divergence_stops_in_one_line_naming_the_step_cause_and_flag(
         data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
     argv = ["train", *dataset_flags("voc_sample", data_root), "--model", "fcn8s_efficientnet_lite0", "--pretrained",
-            "--batch-size", "2", "--crop-size", "128", "--max-steps", "200", "--val-every", "2", "--log-every", "1",
-            "--lr", "3", "--encoder-lr-mult", "1", "--clip-grad-norm", "0", "--warmup-steps", "6", "--workers", "0",
+            "--batch-size", "2", "--crop-size", "128", "--max-steps", "200", "--val-every", "1", "--log-every", "1",
+            "--lr", "3", "--encoder-lr-mult", "1", "--clip-grad-norm", "0", "--warmup-steps", "10", "--workers", "0",
             "--out", str(out), "--quiet"]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
