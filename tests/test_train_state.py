@@ -241,3 +241,9 @@ def test_train_step_clips_the_gradient_norm():
         train_step(m, images, masks, opt, sched, norm=norm, device=torch.device("cpu"), clip_grad_norm=clip)
         step = torch.cat([(p.detach() - b).flatten() for p, b in zip(m.parameters(), model.parameters(), strict=True)])
         assert float(step.norm()) == pytest.approx(want, rel=1e-4)  # plain SGD at lr 1: the update is the gradient
+
+
+def test_an_unresolved_auto_encoder_rate_counts_as_one():
+    model = build("fcn8s_efficientnet_lite0", num_classes=3)
+    groups = param_groups(model, TrainConfig(lr=0.01))  # encoder_lr_mult=-1: build_model was not called
+    assert [g["lr"] for g in groups] == [0.01, 0.01]

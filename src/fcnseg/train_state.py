@@ -27,17 +27,19 @@ __all__ = ["TrainState", "make_ema", "make_optimizer", "make_scheduler", "new_st
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     """Weights at ``lr`` with decay; biases and norm parameters at ``lr * bias_lr_mult`` (2 in the paper); the
-    encoder's (``model.encoder``) of each kind at ``encoder_lr_mult`` times that. Empty groups are left out;
+    encoder's (``model.encoder``) of each kind at ``encoder_lr_mult`` times that (an unresolved -1, auto, counts
+    as 1). Empty groups are left out;
     the first group is always the head's weights (or the first non-empty one), whose rate the log reports."""
+    mult = cfg.encoder_lr_mult if cfg.encoder_lr_mult >= 0 else 1.0  # -1: auto, which only build_model resolves
     encoder = {id(p) for p in getattr(model, "encoder", nn.Module()).parameters()}
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {(e, b): [] for e in (False, True) for b in (False, True)}
     for p in model.parameters():
         if p.requires_grad:
-            groups[(id(p) in encoder and cfg.encoder_lr_mult != 1.0, p.ndim <= 1)].append(p)
+            groups[(id(p) in encoder and mult != 1.0, p.ndim <= 1)].append(p)
     out = []
     for (in_encoder, bias), params in groups.items():
         if params:
-            lr = cfg.lr * (cfg.bias_lr_mult if bias else 1.0) * (cfg.encoder_lr_mult if in_encoder else 1.0)
+            lr = cfg.lr * (cfg.bias_lr_mult if bias else 1.0) * (mult if in_encoder else 1.0)
             out.append({"params": params, "lr": lr,
                         "weight_decay": cfg.weight_decay if cfg.bias_decay or not bias else 0.0})
     return out
