@@ -88,9 +88,8 @@ class _EvalData(NamedTuple):
 def _eval_data(cfg: EvalConfig, ck: Checkpoint, *, progress: bool) -> _EvalData:
     """The split to score, validated (``cfg.check_data``) and checked to fit the checkpoint's classes and tasks."""
     kind, root, args, split = _resolve_data(ck.config or {}, cfg.checkpoint, cfg.dataset, cfg.data_root, cfg.split)
-    if kind == "siftflow":  # the geometric labels only for a two-headed net (a test tree may lack them)
-        args = {**args, "geo": bool(ck.heads)}
-    ds = fdata.build_dataset(kind, root, split, **{**args, **cfg.dataset_args})
+    args = fdata.task_args(kind, {**args, **cfg.dataset_args}, bool(ck.heads))  # a test tree may lack GeoLabels
+    ds = fdata.build_dataset(kind, root, split, **args)
     ds.max_pixels = cfg.max_pixels
     if cfg.check_data != "off":
         def check() -> tuple[list[tuple[Path, Path]], int, int]:

@@ -461,11 +461,11 @@ def _ignore_stop_signals(worker_id: int) -> None:
 
 def _datasets(cfg: TrainConfig) -> tuple[fdata.SegmentationDataset, fdata.SegmentationDataset]:
     root = cfg.resolved_data_root()
-    train_ds = fdata.build_dataset(cfg.dataset, root, cfg.train_split, **_task_args(cfg.dataset, cfg.dataset_args,
-                                                                                     is_multitask(cfg.model)))
+    multitask = is_multitask(cfg.model)
+    train_ds = fdata.build_dataset(cfg.dataset, root, cfg.train_split,
+                                   **fdata.task_args(cfg.dataset, cfg.dataset_args, multitask))
     val_kind, val_root, val_args = cfg.resolved_val()
-    val_ds = fdata.build_dataset(val_kind, val_root, cfg.val_split, **_task_args(val_kind, val_args,
-                                                                                 is_multitask(cfg.model)))
+    val_ds = fdata.build_dataset(val_kind, val_root, cfg.val_split, **fdata.task_args(val_kind, val_args, multitask))
     if val_ds.classes != train_ds.classes:
         raise DataError(f"validation set {val_root} ({val_kind}) has classes {val_ds.classes}; the training set "
                         f"{root} has {train_ds.classes}: they must be the same, in the same order", path=val_root,
@@ -495,12 +495,6 @@ def _meter(cfg: TrainConfig, model: nn.Module, device: torch.device) -> TrainMet
 def _present_only(ds: Dataset) -> bool:
     """The scoring rule of ``ds`` (or of the dataset a ``Subset`` cuts)."""
     return bool(getattr(ds.dataset if isinstance(ds, torch.utils.data.Subset) else ds, "present_only", False))
-
-
-def _task_args(kind: str, args: dict[str, Any], multitask: bool) -> dict[str, Any]:
-    """``args`` for dataset ``kind``, with SIFT Flow's ``geo`` chosen by the model: a two-headed net needs the
-    geometric labels, a single-headed one reads the semantic labels alone (``geo`` given: as given)."""
-    return {"geo": multitask, **args} if kind == "siftflow" else args
 
 
 def _checks_before_work(cfg: TrainConfig, datasets: tuple[fdata.SegmentationDataset, ...], progress: bool

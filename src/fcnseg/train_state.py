@@ -28,8 +28,8 @@ __all__ = ["TrainState", "make_ema", "make_optimizer", "make_scheduler", "new_st
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     """Weights at ``lr`` with decay; biases and norm parameters at ``lr * bias_lr_mult`` (2 in the paper); the
     encoder's (``model.encoder``) of each kind at ``encoder_lr_mult`` times that (an unresolved -1, auto, counts
-    as 1). Empty groups are left out;
-    the first group is always the head's weights (or the first non-empty one), whose rate the log reports."""
+    as 1). Empty groups are left out; the first is the head's weights where there are any (the log reports its
+    rate)."""
     mult = cfg.encoder_lr_mult if cfg.encoder_lr_mult >= 0 else 1.0  # -1: auto, which only build_model resolves
     encoder = {id(p) for p in getattr(model, "encoder", nn.Module()).parameters()}
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {(e, b): [] for e in (False, True) for b in (False, True)}

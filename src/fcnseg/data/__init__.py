@@ -30,7 +30,7 @@ __all__ = [
     "voc_palette", "seg11valid_ids", "DATASETS", "build_dataset", "RandomScale", "train_transforms",
     "eval_transforms", "pad_collate", "SIFTFlow", "SIFTFLOW_CLASSES", "SIFTFLOW_GEO_CLASSES",
     "eval_transforms", "pad_collate", "NYUDv2", "NYUD_CLASSES", "NYUD_MODALITIES", "encode_log_depth",
-    "PascalContext", "PASCAL_CONTEXT_59",
+    "PascalContext", "PASCAL_CONTEXT_59", "task_args",
 ]
 
 DATASETS: dict[str, type[SegmentationDataset]] = {
@@ -42,6 +42,13 @@ DATASETS: dict[str, type[SegmentationDataset]] = {
     "nyud": NYUDv2,
     "pascal_context": PascalContext,
 }
+
+
+def task_args(kind: str, args: dict[str, Any], multitask: bool) -> dict[str, Any]:
+    """``args`` for dataset ``kind``, with SIFT Flow's ``geo`` chosen by the model: a two-headed net
+    (``multitask``) needs the geometric labels, a single-headed one reads the semantic labels alone (a tree of
+    test images may lack ``GeoLabels/``). A ``geo`` in ``args`` wins."""
+    return {"geo": multitask, **args} if kind == "siftflow" else args
 
 
 def build_dataset(

@@ -498,3 +498,19 @@ def read_mat_labels(path: Path, key: str, what: str, fix: str) -> np.ndarray:
         raise DataError(f"{path}: '{key}' is {raw.dtype} of shape {raw.shape}, expected 2-D integer labels",
                         fix=fix, path=path)
     return raw.astype(np.int64)
+
+
+def holdout_ids(ids: Sequence[str], holdout: float, root: Path | None = None) -> list[str]:
+    """The ``holdout`` share (0 < holdout < 1) or count (holdout >= 1) of ``ids`` whose SHA-1 hex digest sorts
+    lowest: the same on every machine and in any order. :class:`ConfigError` (naming ``root`` where given) when
+    it is not a share or count, or leaves no image on either side."""
+    where = f"{root}: " if root is not None else ""
+    if isinstance(holdout, bool) or not (isinstance(holdout, int | float) and holdout > 0):
+        raise ConfigError(f"{where}holdout={holdout!r}: expected a share (0 < holdout < 1) or a count of images",
+                          fix="pass {dataset_args} holdout=0.1", path=root)
+    n_val = round(holdout * len(ids)) if holdout < 1 else int(holdout)
+    if not 1 <= n_val < len(ids):
+        raise ConfigError(f"{where}holdout={holdout} leaves {n_val} of {len(ids)} images for val", path=root,
+                          fix="pass {dataset_args} holdout to hold out at least one image and keep at least one for "
+                              "training")
+    return sorted(ids, key=lambda i: hashlib.sha1(i.encode()).hexdigest())[:n_val]

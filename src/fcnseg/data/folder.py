@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from .base import (
     DataError,
     SegmentationDataset,
     Transforms,
+    holdout_ids,
     index_array,
     open_mask,
     read_class_table,
@@ -219,18 +219,9 @@ def _pair_by_stem(image_dir: Path, mask_dir: Path, stems: list[str] | None) -> l
 
 def _holdout(samples: list[tuple[Path, Path]], holdout: float, split: str, root: Path) -> list[tuple[Path, Path]]:
     """The ``"train"`` or ``"val"`` part of ``samples``; val holds the ``holdout`` share (or count) whose stems
-    hash lowest, so the division does not depend on file order and survives adding images."""
-    if not (isinstance(holdout, int | float) and holdout > 0):
-        raise ConfigError(f"holdout={holdout!r}: expected a share (0 < holdout < 1) or a count of images",
-                          fix="pass {dataset_args} holdout=0.1")
-    n_val = round(holdout * len(samples)) if holdout < 1 else int(holdout)
-    if not 1 <= n_val < len(samples):
-        raise ConfigError(f"{root}: holdout={holdout} leaves {n_val} of {len(samples)} images for val", path=root,
-                          fix="pass {dataset_args} holdout to hold out at least one image and keep at least one for "
-                              "training")
-    ranked = sorted(samples, key=lambda s: hashlib.sha1(s[0].stem.encode()).hexdigest())
-    val = set(ranked[:n_val])
-    return [s for s in samples if (s in val) == (split == "val")]
+    hash lowest (:func:`~fcnseg.data.base.holdout_ids`), so the division does not depend on file order."""
+    val = set(holdout_ids([image.stem for image, _ in samples], holdout, root))  # stems are unique (_by_stem)
+    return [s for s in samples if (s[0].stem in val) == (split == "val")]
 
 
 def _by_stem(folder: Path) -> dict[str, Path]:

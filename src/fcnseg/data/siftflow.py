@@ -33,7 +33,6 @@ is left out of mean IU (cow, desert and moon on the test split).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from importlib import resources
 from pathlib import Path
@@ -43,7 +42,7 @@ import numpy as np
 from ..classes import voc_palette
 from ..errors import ConfigError, DataError
 from ..normalization import Normalization, register_normalization
-from .base import IGNORE_INDEX, SegmentationDataset, Transforms, read_ids, read_mat_labels, require_dir
+from .base import IGNORE_INDEX, SegmentationDataset, Transforms, holdout_ids, read_ids, read_mat_labels, require_dir
 
 __all__ = ["SIFTFLOW_CLASSES", "SIFTFLOW_GEO_CLASSES", "SIFTFLOW_TASKS", "CAFFE_SIFTFLOW", "DEFAULT_HOLDOUT",
            "siftflow_ids", "holdout_ids", "SIFTFlow"]
@@ -182,22 +181,8 @@ def _split_ids(root: Path, split: str, holdout: float) -> tuple[list[str], str]:
         return siftflow_ids(split), f"fcnseg's SIFT Flow {split} list"
     trainval_file = root / "trainval.txt"
     trainval = read_ids(trainval_file, "") if trainval_file.is_file() else siftflow_ids("trainval")
-    val = set(holdout_ids(trainval, holdout))
+    val = set(holdout_ids(trainval, holdout, root))
     return [i for i in trainval if (i in val) == (split == "val")], f"trainval held out {holdout} for val"
-
-
-def holdout_ids(ids: list[str], holdout: float) -> list[str]:
-    """The ``holdout`` share (0 < holdout < 1) or count (holdout >= 1) of ``ids`` whose SHA-1 hashes lowest:
-    the same on every machine and in any order, and an added id moves at most one other."""
-    if isinstance(holdout, bool) or not (isinstance(holdout, int | float) and holdout > 0):
-        raise ConfigError(f"holdout={holdout!r}: expected a share (0 < holdout < 1) or a count of images",
-                          fix="pass {dataset_args} holdout=0.1")
-    n_val = round(holdout * len(ids)) if holdout < 1 else int(holdout)
-    if not 1 <= n_val < len(ids):
-        raise ConfigError(f"holdout={holdout} leaves {n_val} of {len(ids)} images for val",
-                          fix="pass {dataset_args} holdout to hold out at least one image and keep at least one for "
-                              "training")
-    return sorted(ids, key=lambda i: hashlib.sha1(i.encode()).hexdigest())[:n_val]
 
 
 def _read_labels(path: Path, what: str, num_classes: int, void: tuple[int, ...]) -> np.ndarray:
