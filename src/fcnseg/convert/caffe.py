@@ -12,11 +12,13 @@ Memory: the parsed message holds the weights once and the float32 arrays once mo
 released as parsing returns (benchmarks/caffe_import.py: peak RSS on a VGG16-size file in RESULTS.md).
 
 Layers map onto the model by name (fcnseg keeps the reference's layer names): ``conv1_1`` ->
-``encoder.conv1_1.weight`` / ``.bias``, ``score_fr`` -> ``score_fr.*`` and so on. The reference's
+``encoder.conv1_1.weight`` / ``.bias``, ``score_fr`` -> ``score_fr.*`` and so on; a ``/`` in a Caffe name is
+the module separator (GoogLeNet's ``inception_3a/3x3`` -> ``encoder.inception_3a.3x3.*``). The reference's
 ``fcn32s/16s/8s-heavy-pascal``, ``fcn8s-atonce-pascal`` and ``fcn-alexnet-pascal`` convert whole. ImageNet
-classifiers (``VGG_ILSVRC_16_layers``, CaffeNet) give the trunk: fc6/fc7 reshaped from InnerProduct to
-convolutions (arXiv:1411.4038, section 3.1), fc8 dropped, and the head left as the paper initialises it
-(section 4.3: zero scores; section 3.3: bilinear upsampling).
+classifiers (``VGG_ILSVRC_16_layers``, CaffeNet, ``bvlc_googlenet``) give the trunk: fc6/fc7 reshaped from
+InnerProduct to convolutions (arXiv:1411.4038, section 3.1), the classifier (fc8, GoogLeNet's
+``loss3/classifier``) and GoogLeNet's auxiliary classifiers (``loss1/*``, ``loss2/*``) dropped, and the head
+left as the paper initialises it (section 4.3: zero scores; section 3.3: bilinear upsampling).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ..errors import EXTRAS, MissingDependency
-from ..models import FCN, AlexNetTrunk, BilinearUpsample, VGG16Trunk, bilinear_kernel
+from ..models import FCN, AlexNetTrunk, BilinearUpsample, GoogLeNetTrunk, VGG16Trunk, bilinear_kernel
 from ..normalization import CAFFE_VGG
 from ._common import VOC_CLASSES, ConvertError, PathLike, build_target, write_checkpoint
 
@@ -128,11 +130,17 @@ def _by_name(layers: list[CaffeLayer], path: Path) -> dict[str, list[np.ndarray]
 # ---------------------------------------------------------------------------------------------------------
 # Caffe layers -> fcnseg model.
 
-# Layers of ImageNet classifiers with no place in an FCN: fc8 is the 1000-way classifier, which the FCN
-# replaces by score_fr (section 4.1).
-_DROPPED = frozenset({"fc8"})
+# Layers of ImageNet classifiers with no place in an FCN: fc8 (GoogLeNet: loss3/classifier) is the 1000-way
+# classifier, which the FCN replaces by score_fr (section 4.1); GoogLeNet's auxiliary classifiers (loss1/*,
+# loss2/*) are not built: the paper uses "only the final loss layer" (Table 1).
+_DROPPED = frozenset({"fc8", "loss3/classifier"})
+_DROPPED_PREFIXES = ("loss1/", "loss2/")
 # InnerProduct in the ImageNet classifiers, convolutions in the FCNs.
 _FC_LAYERS = frozenset({"fc6", "fc7"})
+
+
+def _dropped(name: str) -> bool:
+    return name in _DROPPED or name.startswith(_DROPPED_PREFIXES)
 
 
 def _strip(shape: Sequence[int]) -> tuple[int, ...]:
@@ -182,14 +190,16 @@ def _check_scale(blobs: list[np.ndarray], scale: float, where: str, model: str) 
 def _load(net: FCN, layers: Mapping[str, list[np.ndarray]], types: Mapping[str, str], model: str, src: Path
           ) -> None:
     """Copy ``layers`` into ``net`` by name, checking every weight has exactly one place and vice versa."""
-    if not isinstance(net.encoder, VGG16Trunk | AlexNetTrunk):
-        raise ConvertError(f"model {model!r} has no Caffe trunk (VGG16 or AlexNet); {src} cannot "
-                           "initialise it", fix="set {model} to a VGG16 FCN (fcn32s, fcn8s ...) or fcn_alexnet")
-    # Caffe layer name -> [(state-dict key, tensor)] in Caffe's blob order: weight, then bias.
+    if not isinstance(net.encoder, VGG16Trunk | AlexNetTrunk | GoogLeNetTrunk):
+        raise ConvertError(f"model {model!r} has no Caffe trunk (VGG16, AlexNet or GoogLeNet); {src} cannot "
+                           "initialise it", fix="set {model} to a VGG16 FCN (fcn32s, fcn8s ...), fcn_alexnet or "
+                           "fcn32s_googlenet")
+    # Caffe layer name -> [(state-dict key, tensor)] in Caffe's blob order: weight, then bias. Nested modules
+    # are Caffe's '/' (encoder.inception_3a.3x3.weight is layer inception_3a/3x3's first blob).
     targets: dict[str, list[tuple[str, Tensor]]] = {}
     for key, t in net.state_dict().items():
         module = key.rpartition(".")[0]
-        targets.setdefault(module.removeprefix("encoder."), []).append((key, t))
+        targets.setdefault(module.removeprefix("encoder.").replace(".", "/"), []).append((key, t))
     frozen = {n: m for n, m in net.named_children() if isinstance(m, BilinearUpsample) and not m.learnable}
     scales = {f"scale_{p}": s for p, s in zip(("pool4", "pool3"), net.skip_scales, strict=True)
               if hasattr(net, f"score_{p}")}
@@ -206,7 +216,7 @@ def _load(net: FCN, layers: Mapping[str, list[np.ndarray]], types: Mapping[str, 
         raise ConvertError(f"{src} lacks layers that {model} needs: {', '.join(missing)}", path=src,
                            fix=_PICK_MODEL if set(missing) & set(trunk) else staged)
     known = [*targets, *frozen, *scales]
-    unknown = [n for n in layers if n in present and n not in known and n not in _DROPPED]
+    unknown = [n for n in layers if n in present and n not in known and not _dropped(n)]
     if unknown:
         desc = ", ".join(f"{n} ({types.get(n) or '?'}, {len(layers[n])} blob{'s' * (len(layers[n]) != 1)})"
                          for n in unknown)
@@ -253,7 +263,7 @@ def convert_caffemodel(
         dst: the checkpoint to write (atomically).
         model: the registry name the file's net corresponds to: ``fcn32s``/``fcn16s``/``fcn8s`` for the
             reference's staged nets, ``fcn8s_atonce``, ``fcn_alexnet``; any VGG16 FCN for
-            ``VGG_ILSVRC_16_layers``, ``fcn_alexnet`` for CaffeNet.
+            ``VGG_ILSVRC_16_layers``, ``fcn_alexnet`` for CaffeNet, ``fcn32s_googlenet`` for ``bvlc_googlenet``.
         num_classes: default: ``score_fr``'s outputs, or 21 (PASCAL VOC) for an ImageNet classifier.
         classes: class names (default: VOC's for 21 classes, ``class_i`` otherwise).
         model_args: further factory arguments (``learnable_upsampling``, ``width`` ...), recorded in the file.

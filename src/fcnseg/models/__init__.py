@@ -1,10 +1,10 @@
 """Model registry: ``build(name, **kwargs)``, ``list_models()``, one short typed factory per variant.
 
 The paper's networks (arXiv:1411.4038): ``fcn32s``, ``fcn16s``, ``fcn8s`` (staged), ``fcn8s_atonce``
-(section 4.2, the reference's at-once net), ``fcn_alexnet``, and the two-headed SIFT Flow nets
-``fcn{32,16,8}s_siftflow`` (section 5, table 5: semantic and geometric logits as a dict); modern encoders are
-registered by :mod:`fcnseg.models.backbones`, the NYUDv2 multi-modal nets (RGB-D early fusion, RGB-HHA late
-fusion) by :mod:`fcnseg.models.fusion`.
+(section 4.2, the reference's at-once net), ``fcn_alexnet`` and ``fcn32s_googlenet`` (Table 1), and the
+two-headed SIFT Flow nets ``fcn{32,16,8}s_siftflow`` (section 5, table 5: semantic and geometric logits as a
+dict); modern encoders are registered by :mod:`fcnseg.models.backbones`, the NYUDv2 multi-modal nets (RGB-D
+early fusion, RGB-HHA late fusion) by :mod:`fcnseg.models.fusion`.
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ from torch import nn
 
 from ..errors import ConfigError
 from .fcn import FCN, BilinearUpsample, bilinear_kernel, head_labels, joined_logits, task_heads
-from .geometry import CoordMap, coord_map, crop_offset
+from .geometry import CoordMap, ReceptiveField, coord_map, crop_offset, receptive_field
+from .googlenet import GoogLeNetTrunk
 from .vgg import AlexNetTrunk, VGG16Trunk, convolutionalize_vgg16, widen_input_filters
 
 __all__ = [
     "FCN", "BilinearUpsample", "bilinear_kernel", "CoordMap", "coord_map", "crop_offset", "VGG16Trunk",
-    "AlexNetTrunk", "convolutionalize_vgg16", "widen_input_filters", "build", "list_models", "register",
-    "fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce", "fcn_alexnet", "fcn32s_siftflow", "fcn16s_siftflow",
+    "AlexNetTrunk", "GoogLeNetTrunk", "convolutionalize_vgg16", "widen_input_filters", "build", "list_models",
+    "register", "ReceptiveField", "receptive_field", "fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce", "fcn_alexnet",
+    "fcn32s_googlenet", "fcn32s_siftflow", "fcn16s_siftflow",
     "fcn8s_siftflow", "is_multitask", "task_heads", "joined_logits", "head_labels", "siftflow_heads",
 ]
 
@@ -108,6 +110,18 @@ def fcn_alexnet(*, num_classes: int = 21, in_channels: int = 3, learnable_upsamp
                 width: float = 1.0, dropout: float = 0.5) -> FCN:
     """FCN-AlexNet (CaffeNet trunk), stride 32, upsampling kernel 63 (paper, Table 1)."""
     trunk = AlexNetTrunk(in_channels, width=width, dropout=dropout)
+    return FCN(trunk, num_classes, 32, learnable_upsampling=learnable_upsampling)
+
+
+@register
+def fcn32s_googlenet(*, num_classes: int = 21, in_channels: int = 3, learnable_upsampling: bool = False,
+                     width: float = 1.0, dropout: float = 0.4) -> FCN:
+    """FCN-GoogLeNet (bvlc_googlenet trunk, average pooling discarded), stride 32, upsampling kernel 63 (Table 1).
+
+    ``score_fr`` scores ``inception_5b`` (the paper keeps only the final loss layer); the crop offset (16) and
+    the kernel are derived from the layers like every other net's (:mod:`fcnseg.models.googlenet`).
+    """
+    trunk = GoogLeNetTrunk(in_channels, width=width, dropout=dropout)
     return FCN(trunk, num_classes, 32, learnable_upsampling=learnable_upsampling)
 
 

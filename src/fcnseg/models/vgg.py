@@ -63,21 +63,18 @@ class _Trunk(nn.Module):
                 feats[wanted[name]] = x
         return feats
 
+    def path(self, feature: str) -> list[nn.Module]:
+        """The layers from the input to output ``feature``, in order (what its coordinate map composes)."""
+        return [getattr(self, n) for n in self.layer_names[: self.layer_names.index(self.outputs[feature]) + 1]]
+
     def coord_maps(self) -> dict[str, CoordMap]:
         """Map from input pixel coordinates to each output feature's coordinates."""
-        return {
-            feat: coord_map(getattr(self, n) for n in self.layer_names[: self.layer_names.index(layer) + 1])
-            for feat, layer in self.outputs.items()
-        }
+        return {feat: coord_map(self.path(feat)) for feat in self.outputs}
 
     @property
     def out_channels(self) -> dict[str, int]:
-        chans: dict[str, int] = {}
-        for feat, layer in self.outputs.items():
-            upto = self.layer_names[: self.layer_names.index(layer) + 1]
-            convs = [getattr(self, n) for n in upto if isinstance(getattr(self, n), nn.Conv2d)]
-            chans[feat] = convs[-1].out_channels
-        return chans
+        return {feat: [m for m in self.path(feat) if isinstance(m, nn.Conv2d)][-1].out_channels
+                for feat in self.outputs}
 
 
 class VGG16Trunk(_Trunk):

@@ -1,4 +1,4 @@
-"""``fcnseg models``: every registered model, then the paper's published results with their commands.
+"""``fcnseg models``: every registered model, the paper's published results with their commands, and Table 1.
 
 The results are records of experiments, not library code: they live in one data file outside the package,
 ``experiments/paper.toml`` at the repository's root (its header describes the layout), which
@@ -9,6 +9,10 @@ source file (``src/fcnseg/models/zoo.py``), which is there for a source checkout
 (``pip install -e .``). A wheel does not ship the repository's root and the file is deliberately not package
 data (experiment records stay outside the package): installed so, ``fcnseg models`` lists the models and says
 in one line that the records are not installed and where they are (:data:`RECORDS_URL`).
+
+The paper's Table 1 (its ``[[architecture]]`` rows: FCN-AlexNet, FCN-VGG16, FCN-GoogLeNet) is printed beside what
+fcnseg computes for the same nets (:func:`computed_architecture`): the built model's parameters, and its
+receptive field, stride and convolutions composed from its layers (:func:`~fcnseg.models.geometry.receptive_field`).
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
-__all__ = ["PaperResult", "PAPER_RECORDS", "RECORDS_URL", "load_paper_results", "describe", "models_table"]
+__all__ = ["PaperResult", "PaperArchitecture", "ComputedArchitecture", "PAPER_RECORDS", "RECORDS_URL",
+           "load_paper_results", "load_paper_architectures", "computed_architecture", "architectures_table",
+           "describe", "models_table"]
 
 PAPER_RECORDS = Path(__file__).resolve().parents[3] / "experiments" / "paper.toml"
 """The paper's results and commands: ``experiments/paper.toml`` of the source tree this package runs from."""
@@ -33,6 +39,8 @@ RECORDS_URL = "experiments/paper.toml in fcnseg's source repository"
 _METRICS = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
 _EXPERIMENT_KEYS = frozenset({"name", "dataset", "command", "result"})
 _ROW_KEYS = frozenset({"model", "dataset", "source", "command", "label", "status", *_METRICS})
+_ARCH_NUMBERS = ("mean_iu", "forward_ms", "conv_layers", "params_m", "rf_size", "max_stride")
+_ARCH_KEYS = frozenset({"model", "label", "source", "note", *_ARCH_NUMBERS})
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,42 @@ class PaperResult:
                           (self.pixel_acc, self.mean_acc, self.mean_iu, self.fw_iu))
 
 
+@dataclass(frozen=True)
+class PaperArchitecture:
+    """One row of the paper's Table 1 (an ``[[architecture]]`` of ``experiments/paper.toml``).
+
+    Attributes:
+        model: registry name; label: the paper's row ("FCN-GoogLeNet"); source: where it is published.
+        mean_iu: mean IU (%) on PASCAL VOC 2011 val (the paper's subset), as FCN-32s.
+        forward_ms: inference time of a 500x500 input on an NVIDIA Tesla K40c (milliseconds).
+        conv_layers, params_m, rf_size, max_stride: parameter layers, parameters (millions), receptive field
+            and coarsest stride (pixels).
+        note: what to know when comparing the row with fcnseg's numbers ("" when nothing).
+    """
+
+    model: str
+    label: str
+    source: str
+    mean_iu: float
+    forward_ms: float
+    conv_layers: int
+    params_m: float
+    rf_size: int
+    max_stride: int
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ComputedArchitecture:
+    """What fcnseg computes for a registered net: :attr:`params` of the built model, and the receptive field,
+    stride and convolutions along its main path from the input to the score layer (``score_fr``)."""
+
+    params: int
+    rf_size: int
+    max_stride: int
+    conv_layers: int
+
+
 def _join(*parts: str) -> str:
     """Command parts as one line (the file wraps long commands over lines)."""
     return " ".join(" ".join(parts).split())
@@ -91,6 +135,16 @@ def _result(row: dict[str, Any], experiment: dict[str, Any], status: str, path: 
         experiment=experiment.get("name", ""), args=args, label=row.get("label", ""))
 
 
+def _read_records(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise DataError(f"{path} not found: the paper's results are not installed", path=path,
+                        fix=f"read them in {RECORDS_URL}, or run fcnseg from a source checkout") from e
+    except tomllib.TOMLDecodeError as e:
+        raise DataError(f"{path} is not valid TOML: {e}", path=path, fix="correct the file") from e
+
+
 def load_paper_results(path: str | os.PathLike[str] = PAPER_RECORDS) -> tuple[PaperResult, ...]:
     """Every result of the records file at ``path``, in file order.
 
@@ -98,16 +152,76 @@ def load_paper_results(path: str | os.PathLike[str] = PAPER_RECORDS) -> tuple[Pa
     not follow the layout in the file's header.
     """
     path = Path(path)
-    try:
-        records = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise DataError(f"{path} not found: the paper's results are not installed", path=path,
-                        fix=f"read them in {RECORDS_URL}, or run fcnseg from a source checkout") from e
-    except tomllib.TOMLDecodeError as e:
-        raise DataError(f"{path} is not valid TOML: {e}", path=path, fix="correct the file") from e
+    records = _read_records(path)
     status = records.get("status", "")
     return tuple(_result(row, exp, status, path) for exp in records.get("experiment", [])
                  for row in exp.get("result", []))
+
+
+def load_paper_architectures(path: str | os.PathLike[str] = PAPER_RECORDS) -> tuple[PaperArchitecture, ...]:
+    """The paper's Table 1 rows in the records file at ``path`` (its ``[[architecture]]`` entries), in order.
+
+    Raises :class:`~fcnseg.errors.DataError` (naming the file) as :func:`load_paper_results` does, and for a row
+    that does not follow the layout in the file's header.
+    """
+    path = Path(path)
+    records = _read_records(path)
+    rows = []
+    for row in records.get("architecture", []):
+        problems = [f"unknown key {k!r}" for k in row if k not in _ARCH_KEYS]
+        problems += [f"no {k!r}" for k in ("model", "label", "source", *_ARCH_NUMBERS) if k not in row]
+        if problems:
+            raise DataError(f"{path}: architecture {row.get('label', row.get('model'))!r}: {', '.join(problems)}",
+                            fix="follow the layout in the file's header", path=path)
+        rows.append(PaperArchitecture(**row))
+    return tuple(rows)
+
+
+def computed_architecture(name: str, num_classes: int = 21) -> ComputedArchitecture:
+    """Table 1's columns for the registered net ``name``, from the net itself (built on the meta device: no
+    memory, no arithmetic). The path is the encoder's up to ``fc7`` (the feature ``score_fr`` scores), then
+    ``score_fr``; for GoogLeNet's inception modules, the largest branch (their 5x5 convolutions).
+
+    Raises :class:`~fcnseg.errors.ConfigError` for a net whose encoder does not list its layers (``path``: the
+    paper's trunks do; the timm encoders do not).
+    """
+    import torch
+
+    from . import build
+    from .geometry import receptive_field
+
+    with torch.device("meta"):
+        model = build(name, num_classes=num_classes)
+    path = getattr(model.encoder, "path", None)
+    if path is None:
+        raise ConfigError(f"model {name!r}'s encoder does not list its layers; its receptive field is not computed",
+                          fix="choose one of the paper's nets for {model}")
+    rf = receptive_field([*path("fc7"), model.score_fr])
+    return ComputedArchitecture(sum(p.numel() for p in model.parameters()), rf.size, rf.stride, rf.conv_layers)
+
+
+def architectures_table(records: str | os.PathLike[str] = PAPER_RECORDS) -> list[str]:
+    """The lines of ``fcnseg models``'s Table 1 section: each of the paper's rows, "paper | fcnseg" per column
+    (mean IU and time are the paper's alone: not measured here); ``[]`` when the records hold no such rows."""
+    rows = load_paper_architectures(records)
+    if not rows:
+        return []
+    label_w = max(len(r.label) for r in rows)
+    model_w = max(len(r.model) for r in rows)
+    head = (f"  {'':<{label_w}}  {'':<{model_w}}  {'mean IU':>7}  {'forward':>7}  {'conv layers':>11}  "
+            f"{'parameters':>14}  {'rf size':>9}  {'max stride':>10}")
+    lines = ["", f"{rows[0].source}, the classifiers as FCN-32s. Mean IU (PASCAL VOC 2011 val) and forward time (a "
+             "500x500 input on a Tesla K40c) are the paper's,", "not measured here; the other columns are paper | "
+             "fcnseg, computed from the layers of the built net (21 classes):", "", head]
+    for r in rows:
+        c = computed_architecture(r.model)
+        lines.append(f"  {r.label:<{label_w}}  {r.model:<{model_w}}  {r.mean_iu:>7.1f}  {r.forward_ms:>4g} ms  "
+                     f"{f'{r.conv_layers} | {c.conv_layers}':>11}  "
+                     f"{f'{r.params_m:g}M | {c.params / 1e6:.1f}M':>14}  {f'{r.rf_size} | {c.rf_size}':>9}  "
+                     f"{f'{r.max_stride} | {c.max_stride}':>10}")
+        if r.note:
+            lines.append(f"  {'':<{label_w}}  {'':<{model_w}}  {r.note}")
+    return lines
 
 
 def describe(name: str) -> str:
@@ -137,4 +251,4 @@ def models_table(records: str | os.PathLike[str] = PAPER_RECORDS) -> str:
         lines.append(f"  {r.model:<{width}}  {r.dataset}: {r.metrics()}  [{r.source}]")
         lines.append(f"  {'':<{width}}  {r.status}")
         lines.append(f"  {'':<{width}}  $ {r.command}")
-    return "\n".join(lines)
+    return "\n".join(lines + architectures_table(records))
