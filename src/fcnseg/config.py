@@ -93,6 +93,8 @@ class TrainConfig:
     warmup_steps: int = opt(-1, "linear warm-up steps; -1 = auto: 50 if batch norm is frozen, else 0")
     class_weights: Literal["none", "median_freq"] = opt("none", "none, or median_freq: rare classes weigh more "
                                                         "(SegNet's CamVid balancing)")
+    loss_sampling: float = opt(1.0, "keep each final-layer cell's loss with this probability (the paper's patch "
+                               "sampling, section 4.3); 1 = whole-image training", metavar="P")
     ema_decay: float = opt(0.0, "exponential moving average of the weights, validated and saved; 0 = off (try "
                            "0.999)")
     max_steps: int = opt(2000, "optimisation steps in all")
@@ -231,6 +233,7 @@ def _validate(cfg: TrainConfig) -> None:
          "must be -1 (auto) or a factor of 0 or more", "-1 or a factor such as 0.1"),
         (cfg.clip_grad_norm == -1 or cfg.clip_grad_norm >= 0, "clip_grad_norm",
          "must be -1 (auto), 0 (off) or a positive norm", "-1, 0 or e.g. 5"),
+        (0 < cfg.loss_sampling <= 1, "loss_sampling", "must lie in (0, 1]", "1 (off) or e.g. 0.5"),
         (cfg.max_pixels >= 1, "max_pixels", "must be at least 1", "1 or more"),
         (cfg.dist_timeout >= 1, "dist_timeout", "must be at least 1 second", "1 or more seconds"),
         (cfg.crop_size >= 0, "crop_size", "must be 0 (whole images) or a side in pixels", "0 or a side"),
@@ -262,12 +265,16 @@ class EvalConfig:
                                     parse=scales)
     precision: Precision = shared("precision")
     window: int = shared("window")
+    shift_and_stitch: int = shared("shift_and_stitch")
     device: str = shared("device")
     workers: int = shared("workers")
     skip_bad: bool = shared("skip_bad")
     check_data: CheckData = shared("check_data")
     max_pixels: int = shared("max_pixels")
     max_images: int = opt(0, "evaluate only the first N images (0 = all)")
+    boundary: tuple[int, ...] = opt((), "also score edges within these distances in pixels, e.g. 1 2 5: boundary "
+                                    "F-score and trimap IU (docs/explanations/metrics.md); empty = off",
+                                    metavar="D")
 
 
 @dataclass
@@ -283,6 +290,7 @@ class PredictConfig:
     skip_bad: bool = shared("skip_bad")
     flip: bool = shared("flip")
     window: int = shared("window")
+    shift_and_stitch: int = shared("shift_and_stitch")
     tile_pixels: int = opt(1024 * 1024, "images with more pixels are predicted in tiles of about this many "
                            "(bounds memory)")
     max_pixels: int = shared("max_pixels")

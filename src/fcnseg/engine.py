@@ -6,6 +6,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -13,8 +14,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .errors import ConfigError, TrainingDiverged
-from .losses import segmentation_loss
-from .metrics import ConfusionMatrix, MultiTaskConfusion
+from .losses import sample_cells, segmentation_loss
+from .metrics import BoundaryScores, ConfusionMatrix, MultiTaskConfusion
 from .models.fcn import head_labels, joined_logits, task_heads
 from .normalization import Normalization
 from .progress import Progress
@@ -87,6 +88,34 @@ class TrainMeter:
         return mean, ips
 
 
+@dataclass(frozen=True)
+class LossSampling:
+    """Loss sampling of the paper's figure 5: keep each final-layer cell's loss with probability ``keep``.
+
+    ``cell`` is the net's output stride (:func:`output_stride`); the draws of step ``t`` come from a CPU
+    generator seeded by ``(seed, t, rank)``, a function of the step alone, so resuming repeats them exactly
+    and each process of a distributed run draws its own.
+    """
+
+    keep: float
+    cell: int
+    seed: int = 0
+    rank: int = 0
+
+    def apply(self, target: Tensor, step: int, ignore_index: int) -> Tensor:
+        g = torch.Generator().manual_seed(((self.seed * 1_000_003 + step) * 1_009 + self.rank) % (2**63))
+        return sample_cells(target, self.keep, self.cell, g, ignore_index)
+
+
+def output_stride(model: nn.Module) -> int:
+    """The stride of the final layer's cells of ``model`` (inside DDP or ``torch.compile`` wrappers too): an
+    FCN's ``fcn_stride``, the first one found among its submodules for the fusion nets, else 32."""
+    for m in model.modules():
+        if isinstance(getattr(m, "fcn_stride", None), int):
+            return int(m.fcn_stride)
+    return 32
+
+
 def train_step(
     model: nn.Module,
     images: Tensor,
@@ -102,6 +131,8 @@ def train_step(
     channels_last: bool = False,
     class_weights: Tensor | None = None,
     clip_grad_norm: float = 0.0,
+    loss_sampling: LossSampling | None = None,
+    step: int = 0,
 ) -> Tensor:
     """One optimiser and scheduler step on a batch: ``images`` (N, C, H, W) in [0, 1], ``masks`` (N, H, W)
     or (N, T, H, W) for a multi-task model. Returns the loss, detached, on the device: nothing here waits
@@ -110,13 +141,16 @@ def train_step(
     ``channels_last`` feeds the images in NHWC layout (the model should be converted likewise);
     ``class_weights`` (K,) weighs each pixel's loss by its class (:func:`~fcnseg.losses.median_frequency_weights`);
     ``clip_grad_norm`` > 0 scales the gradients down to that global norm where it is larger (on the device, no
-    wait).
+    wait). ``loss_sampling`` drops the loss of each final-layer cell with its probability, drawn for ``step``
+    (the step about to be made) so that a resumed run draws the same cells.
     """
     x = images.to(device, non_blocking=True)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     x = norm(x)
     y = masks.to(device, non_blocking=True)
+    if loss_sampling is not None:
+        y = loss_sampling.apply(y, step, ignore_index)
     with autocast(device, amp):
         logits = model(x)  # (N, K, H, W)
     loss = segmentation_loss(logits, y, ignore_index=ignore_index, reduction=loss_reduction,  # type: ignore[arg-type]
@@ -281,6 +315,7 @@ def evaluate_scores(
     device: torch.device | str = "cpu",
     ignore_index: int = 255,
     progress: bool = True,
+    boundary: BoundaryScores | None = None,
 ) -> ConfusionMatrix | MultiTaskConfusion:
     """The one evaluation loop: accumulate one confusion matrix over the loader's images at their original
     resolution, whatever computes the scores (a model in training, or a :class:`fcnseg.scorer.Scorer` under
@@ -291,6 +326,9 @@ def evaluate_scores(
     batch holds whole images (batch size 1 keeps every image at its own size, so padding never touches a
     prediction); an empty batch (a sample dropped by ``skip_bad``) is passed over. The matrix lives on
     ``device``; under DDP the matrices of all processes are summed; the caller computes the metrics.
+
+    ``boundary`` (made by the caller, on ``device``) is updated with the same labels and masks, at the same
+    resolution, and summed likewise; for a multi-task model with the first task's only (the semantic one).
     """
     device = torch.device(device)
     cm = ConfusionMatrix(num_classes, ignore_index, device=device) if heads is None else \
@@ -301,6 +339,11 @@ def evaluate_scores(
             if images.shape[0]:
                 labels = head_labels(scores(images), heads)  # (N, H, W), or (N, T, H, W) by task
                 cm.update(labels.to(device), masks.to(device))
+                if boundary is not None:
+                    first = (slice(None), 0) if heads is not None else (...,)  # a multi-task model's first task
+                    boundary.update(labels[first].to(device), masks[first].to(device))  # (N, H, W)
             bar.update(1)
     cm.reduce()
+    if boundary is not None:
+        boundary.reduce()
     return cm

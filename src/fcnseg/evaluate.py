@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -17,7 +17,7 @@ from .config import EvalConfig
 from .distributed import ShardedSampler, init_distributed, is_main, on_main
 from .engine import evaluate_scores
 from .errors import CheckpointError, ConfigError
-from .metrics import ConfusionMatrix, MultiTaskConfusion, SegMetrics
+from .metrics import BoundaryMetrics, BoundaryScores, ConfusionMatrix, MultiTaskConfusion, SegMetrics
 from .outputs import atomic_write, check_output_file
 from .scorer import ScorerSpec
 
@@ -43,6 +43,25 @@ def format_metrics(m: SegMetrics, classes: list[str], tasks: dict[str, list[str]
     return "\n".join(lines)
 
 
+def format_boundary(b: dict[int, BoundaryMetrics], classes: list[str]) -> str:
+    """The edge measures as printed after the metrics table: one line of means per distance ``D``, then each
+    class's BF score and trimap IU at each distance."""
+
+    def pct(v: float) -> str:
+        return "   -  " if math.isnan(v) else f"{100 * v:6.2f}"
+
+    lines = ["edges within D pixels (Chebyshev): boundary F-score (Csurka et al. 2013), trimap IU and accuracy"]
+    for d, m in b.items():
+        lines.append(f"D={d:<3} BF {pct(m.bf_score)}   trimap IU {pct(m.trimap_iu)}   trimap acc "
+                     f"{pct(m.trimap_pixel_acc)}   ({m.trimap_pixels:,} band pixels)")
+    head = "".join(f" {f'BF@{d}':>6}" for d in b) + "".join(f" {f'tIU@{d}':>6}" for d in b)
+    lines.append(f"{'class':<20}{head}")
+    for c, name in enumerate(classes):
+        row = [pct(m.class_bf_score[c]) for m in b.values()] + [pct(m.class_trimap_iu[c]) for m in b.values()]
+        lines.append(f"{name:<20} {' '.join(row)}")
+    return "\n".join(lines)
+
+
 def run_eval(cfg: EvalConfig, *, progress: bool = True) -> SegMetrics:
     """Evaluate ``cfg.checkpoint`` on ``cfg.split`` at the labels' original resolution; write JSON to ``cfg.out``.
 
@@ -53,25 +72,34 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True) -> SegMetrics:
     exported ONNX file (``onnx_file``, e.g. an int8 export) instead of the checkpoint's weights, which still
     give the classes; ``precision`` ``auto`` computes in bf16 only where the device does so natively
     (:func:`fcnseg.precision.resolve_precision`). Under ``torchrun`` the split is sharded over processes and
-    their confusion matrices summed. Refusals are :class:`~fcnseg.errors.FcnsegError`.
+    their confusion matrices summed. ``boundary`` distances add the boundary F-score and trimap IU
+    (:class:`fcnseg.metrics.BoundaryScores`; a multi-task model's first task) in ``SegMetrics.boundary``, printed
+    after the table. Refusals are :class:`~fcnseg.errors.FcnsegError`.
     """
     ck = load_checkpoint(cfg.checkpoint)
     _, _, dev = init_distributed(cfg.device)
     spec = ScorerSpec(ck, engine=cfg.engine, onnx_file=cfg.onnx_file, precision=cfg.precision, device=str(dev),
-                      flip=cfg.flip, window=cfg.window, scales=tuple(cfg.scales))  # refused before any work
+                      flip=cfg.flip, window=cfg.window, scales=tuple(cfg.scales),
+                      shift_and_stitch=cfg.shift_and_stitch)  # refused before any work
     out_path = check_output_file(cfg.out, overwrite=cfg.overwrite) if cfg.out else None
+    boundary = BoundaryScores(next(iter(ck.heads.values())) if ck.heads else len(ck.classes), tuple(cfg.boundary),
+                              ck.ignore_index, device=dev) if cfg.boundary else None  # distances refused now
+    scorer = spec.build()  # before the data: a shift-and-stitch factor the net cannot take is refused here
     data = _eval_data(cfg, ck, progress=progress)
     loader = DataLoader(data.scored, batch_size=1, sampler=ShardedSampler(len(data.scored), shuffle=False, pad=False),
                         num_workers=cfg.workers, collate_fn=fdata.pad_collate)
-    scorer = spec.build()
     cm = evaluate_scores(scorer, loader, num_classes=len(ck.classes), heads=scorer.heads, device=scorer.device,
-                         ignore_index=ck.ignore_index, progress=progress and is_main())
+                         ignore_index=ck.ignore_index, progress=progress and is_main(), boundary=boundary)
     m = cm.compute(present_only=data.dataset.present_only)
+    if boundary is not None:
+        m = replace(m, boundary=boundary.compute(present_only=data.dataset.present_only))
     if data.dataset.skipped:
         log.warning("skipped %d samples that failed to load (skip_bad)", data.dataset.skipped)
     if is_main():
         tasks = {t: names for t, (names, _) in ck.tasks.items()} if ck.tasks else None
         print(format_metrics(m, ck.classes, tasks))
+        if m.boundary:
+            print(format_boundary(m.boundary, next(iter(tasks.values())) if tasks else ck.classes))
         if out_path is not None:
             _write_record(out_path, cfg, ck, data, m, cm)
     return m
@@ -118,7 +146,8 @@ def _write_record(out: Path, cfg: EvalConfig, ck: Checkpoint, data: _EvalData, m
     """The metrics, the settings and the confusion matrix (each task's, for a multi-task model) as JSON."""
     record = {"checkpoint": str(cfg.checkpoint), "engine": cfg.engine, "onnx": cfg.onnx_file or None,
               "dataset": data.kind, "root": str(data.root), "split": data.split, "flip": cfg.flip,
-              "scales": list(cfg.scales), "window": cfg.window, "classes": ck.classes, **m.to_dict()}
+              "scales": list(cfg.scales), "window": cfg.window,
+              "shift_and_stitch": cfg.shift_and_stitch, "classes": ck.classes, **m.to_dict()}
     matrices = cm.matrices if isinstance(cm, MultiTaskConfusion) else {"": cm}
     for t, tcm in matrices.items():  # a multi-task model: each task's classes and matrix too
         if t:

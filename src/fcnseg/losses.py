@@ -70,3 +70,21 @@ def median_frequency_weights(pixels: Tensor, image_pixels: Tensor) -> Tensor:
     median = freq[present].quantile(0.5) if present.any() else torch.tensor(1.0, dtype=torch.float64)
     weights = torch.where(present & (freq > 0), median / freq.clamp_min(1e-12), torch.ones_like(freq))
     return weights.float()
+
+
+def sample_cells(target: Tensor, keep: float, cell: int, generator: torch.Generator, ignore_index: int = 255
+                 ) -> Tensor:
+    """Loss sampling (arXiv:1411.4038, sections 3.4 and 4.3): ``target`` with the pixels of each ``cell`` x ``cell``
+    block set to ``ignore_index`` with probability ``1 - keep``, one draw per block and image.
+
+    The blocks are the final layer's cells (``cell`` = the net's output stride), laid from the top-left pixel,
+    so dropping one removes the loss of one coarse score, as the paper's patch sampling does; the draw is made
+    on the CPU from ``generator`` (seeded by the caller per step), so it does not depend on the device.
+    ``target``: (N, H, W) or (N, T, H, W) (every task of a pixel is dropped together); returns a new tensor.
+    """
+    n, (h, w) = target.shape[0], target.shape[-2:]
+    cells = torch.rand(n, -(-h // cell), -(-w // cell), generator=generator) >= keep  # (N, H/cell, W/cell): drop
+    drop = cells.repeat_interleave(cell, 1).repeat_interleave(cell, 2)[:, :h, :w].to(target.device)  # (N, H, W)
+    if target.ndim == 4:
+        drop = drop[:, None]
+    return target.masked_fill(drop, ignore_index)

@@ -110,6 +110,9 @@ SHARED: dict[str, dict[str, Any]] = {
                        help="extra model factory argument KEY=VALUE (repeatable), e.g. --model-arg pretrained=true"),
     "flip": dict(default=False, help="average with the mirrored prediction"),
     "window": dict(default=0, help="sliding-window side in pixels, predictions averaged (0 = whole images)"),
+    "shift_and_stitch": dict(default=1, metavar="F", help="F times denser scores by shift-and-stitch (paper section "
+                             "3.2): F x F passes, F a product of the net's last strides (2, 4, ...); 1 = plain "
+                             "inference; torch engine, FCN models"),
 }
 
 
@@ -219,8 +222,9 @@ def add_fields(p: argparse.ArgumentParser, cls: type, *, optional_positionals: b
     """Add one flag (or positional argument) per field of ``cls`` to ``p``; every default is None (unset).
 
     The value types, choices (``Literal``), repetition (``dict`` fields: ``KEY=VALUE`` repeated; ``list``
-    fields: one or more values) and on/off switches (``bool``: ``--x`` / ``--no-x``) follow each field's
-    annotation. ``optional_positionals``: positional arguments may be left out (``--config`` can give them).
+    and ``tuple`` fields: one or more values, numbers where the items are ``int`` or ``float``) and on/off
+    switches (``bool``: ``--x`` / ``--no-x``) follow each field's annotation. ``optional_positionals``:
+    positional arguments may be left out (``--config`` can give them).
     """
     values = _help_values() if any("{" in (f.metadata.get("help") or "") for f in fields(cls)) else {}
     for f in cli_fields(cls):
@@ -243,6 +247,9 @@ def add_fields(p: argparse.ArgumentParser, cls: type, *, optional_positionals: b
             kw.update(action=_KeyValues, type=key_values)
         elif origin in (list, tuple):
             kw.update(nargs=("*" if optional_positionals else "+") if m.get("positional") else "+")
+            item = get_args(tp)[0] if get_args(tp) else str  # tuple[int, ...] -> int: `--boundary 1 2`
+            if item in (int, float):
+                kw["type"] = item
         elif tp in (int, float):
             kw["type"] = tp
         if m.get("positional"):

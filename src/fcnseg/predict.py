@@ -226,7 +226,8 @@ def run_predict(cfg: PredictConfig, *, progress: bool = True) -> dict[str, Any]:
 def predict_files(ck: Checkpoint, cfg: PredictConfig, *, progress: bool = True) -> dict[str, Any]:
     """:func:`run_predict` with the checkpoint already loaded (``cfg.checkpoint`` is not read)."""
     spec = ScorerSpec(ck, engine=cfg.engine, onnx_file=cfg.onnx_file, precision=cfg.precision, device=cfg.device,
-                      flip=cfg.flip, window=cfg.window)  # the engine settings are refused before any work
+                      flip=cfg.flip, window=cfg.window,
+                      shift_and_stitch=cfg.shift_and_stitch)  # the engine settings are refused before any work
     files = collect_inputs(cfg.inputs)
     out = check_output_dir(cfg.out_dir, option="out_dir", overwrite=cfg.overwrite, create=True)
     predictor = Predictor(spec.build(), tile_pixels=cfg.tile_pixels)

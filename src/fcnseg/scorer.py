@@ -101,6 +101,10 @@ class ScorerSpec:
         device: ``cpu``, ``cuda``, ``cuda:1``; "" = cuda if available. ``torch`` only: ONNX Runtime runs on the CPU.
         threads: intra-op threads when > 0 (ONNX Runtime's session; PyTorch's, which are process-wide).
         flip, window, scales: test-time augmentation (:func:`fcnseg.engine.predict_logits`); ``torch`` only.
+        shift_and_stitch: ``F`` > 1 scores ``F`` times more densely by shift-and-stitch
+            (:class:`fcnseg.models.stitch.ShiftAndStitch`, section 3.2; ``F x F`` passes); 1 runs the model as
+            it is, bit for bit. ``torch`` only; a factor the net's strides do not allow is refused by
+            :meth:`build`.
         single_task_for: non-empty when the caller handles one label map per image; names the caller in the
             refusal of a multi-task model (``onnxruntime`` always needs one: export writes single-task graphs).
     """
@@ -114,6 +118,7 @@ class ScorerSpec:
     flip: bool = False
     window: int = 0
     scales: Sequence[float] = (1.0,)
+    shift_and_stitch: int = 1
     single_task_for: str = ""
 
     def __post_init__(self) -> None:
@@ -126,6 +131,9 @@ class ScorerSpec:
         if not self.scales or min(self.scales) <= 0:
             raise ConfigError(f"scales {tuple(self.scales)} must be positive factors",
                               fix="set {scales} to resize factors such as 0.75,1,1.25 (1 alone: off)")
+        if self.shift_and_stitch < 1:
+            raise ConfigError(f"shift-and-stitch factor {self.shift_and_stitch} is below 1",
+                              fix="set {shift_and_stitch} to 1 (off) or to 2, 4, ...")
         if self.single_task_for:
             require_single_task(self.checkpoint, self.single_task_for)
         if self.engine == "torch":
@@ -139,6 +147,7 @@ class ScorerSpec:
         require_single_task(self.checkpoint, "engine onnxruntime")
         torch_only = [name for name, on in (("flip", self.flip), ("window", self.window > 0),
                                             ("scales", tuple(self.scales) != (1.0,)),
+                                            ("shift_and_stitch", self.shift_and_stitch != 1),
                                             ("precision", self.precision == "bf16")) if on]
         if torch_only:
             raise ConfigError("engine onnxruntime runs the ONNX file as exported: its own precision (fp32, or int8 "
@@ -161,7 +170,12 @@ class ScorerSpec:
         precision = resolve_precision(self.precision, dev)  # warns where bf16 is emulated
         if self.threads > 0:
             torch.set_num_threads(self.threads)
-        model = prepare_inference(self.checkpoint.build_model().to(dev), precision=precision)
+        model = self.checkpoint.build_model().to(dev)
+        if self.shift_and_stitch != 1:
+            from .models.stitch import ShiftAndStitch
+
+            model = ShiftAndStitch(model, self.shift_and_stitch)
+        model = prepare_inference(model, precision=precision)
         flip, window, scales = self.flip, self.window, tuple(self.scales)
 
         def run(x: Tensor) -> Tensor:
@@ -198,9 +212,9 @@ def _onnx_runner(spec: ScorerSpec) -> Callable[[Tensor], Tensor]:
 
 def make_scorer(checkpoint: Checkpoint, *, engine: str = "torch", onnx_file: str = "", precision: str = "auto",
                 device: str = "", threads: int = 0, flip: bool = False, window: int = 0,
-                scales: Sequence[float] = (1.0,), single_task_for: str = "") -> Scorer:
+                scales: Sequence[float] = (1.0,), shift_and_stitch: int = 1, single_task_for: str = "") -> Scorer:
     """Check the settings and load the model: ``ScorerSpec(...).build()`` (see :class:`ScorerSpec` for the
     arguments and the refusals)."""
     return ScorerSpec(checkpoint, engine=engine, onnx_file=onnx_file, precision=precision, device=device,
                       threads=threads, flip=flip, window=window, scales=tuple(scales),
-                      single_task_for=single_task_for).build()
+                      shift_and_stitch=shift_and_stitch, single_task_for=single_task_for).build()

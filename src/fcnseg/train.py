@@ -29,7 +29,7 @@ from . import data as fdata
 from .checkpoint import Checkpoint, load_checkpoint, load_init_weights, save_checkpoint, task_extra
 from .config import TrainConfig
 from .distributed import ShardedSampler, any_rank, collective, init_distributed, is_main, on_main
-from .engine import TrainMeter, evaluate, set_train_mode, train_step
+from .engine import LossSampling, TrainMeter, evaluate, output_stride, set_train_mode, train_step
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -238,7 +238,10 @@ def make_run(cfg: TrainConfig, state: TrainState, train_ds: fdata.SegmentationDa
     weights = _class_weights(train_ds, cfg.class_weights, progress and main, decoded)
     options = dict(loss_reduction=cfg.loss, ignore_index=train_ds.ignore_index, channels_last=cfg.channels_last,
                    amp=resolve_precision(cfg.precision, device) == "bf16",
-                   class_weights=None if weights is None else weights.to(device), clip_grad_norm=cfg.clip_grad_norm)
+                   class_weights=None if weights is None else weights.to(device), clip_grad_norm=cfg.clip_grad_norm,
+                   loss_sampling=None if cfg.loss_sampling == 1 else
+                   LossSampling(cfg.loss_sampling, output_stride(state.model), cfg.seed,
+                                rank=torch.distributed.get_rank() if world > 1 else 0))
     template = Checkpoint(model_name=cfg.model, model_args=_model_args(cfg, train_ds), state_dict={},
                           classes=list(train_ds.classes), palette=list(train_ds.palette), normalization=norm,
                           ignore_index=train_ds.ignore_index, config=cfg.to_dict(), extra=task_extra(train_ds.tasks))
@@ -266,7 +269,7 @@ def train_loop(run: Run, state: TrainState, stop: _StopRequest) -> None:
                 continue  # every sample of the batch was bad and skipped (skip_bad): no step
             # step
             loss = train_step(run.step_model, images, masks, state.optimizer, state.scheduler, norm=run.norm,
-                              device=run.device, **run.step_options)
+                              device=run.device, step=state.step, **run.step_options)
             state.advance(cfg.batch_size)
             run.meter.add(loss, state.step, images.shape[0])
             run.bar.update(1)

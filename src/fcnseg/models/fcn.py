@@ -112,6 +112,8 @@ class FCN(nn.Module):
     Attributes:
         heads: ``{task: classes}`` of a multi-task net, ``None`` for the single-head one.
         offsets: crop offsets, keyed by the name of the layer whose output is cropped.
+        coarse_map: coordinate map from the input to the coarse scores (:meth:`coarse_scores`), the input of
+            the final upsampling: stride ``stride``.
     """
 
     def __init__(
@@ -160,6 +162,7 @@ class FCN(nn.Module):
             else:  # the skip is larger (VGG's padded trunk): crop it to the upsampled map
                 self.offsets[score_name + suffix] = crop_offset(maps[skip], m_up)
                 m = m_up
+        self.coarse_map = m
         up = _upsample_for(num_classes, self.fcn_stride, m, CoordMap(), learn)  # stride -> input resolution
         self.add_module(self.final_name + suffix, up)
         self.offsets[self.final_name + suffix] = crop_offset(m.then(layer_map(up)), CoordMap())
@@ -174,13 +177,19 @@ class FCN(nn.Module):
         return {task: self._head(feats, x, f"_{task}") for task in self.heads}  # task -> (N, K_task, H, W)
 
     def _head(self, feats: dict[str, Tensor], x: Tensor, suffix: str) -> Tensor:
+        h = getattr(self, self.final_name + suffix)(self.coarse_scores(feats, suffix))
+        return _crop(h, self.offsets[self.final_name + suffix], x)  # (N, K, H, W)
+
+    def coarse_scores(self, feats: dict[str, Tensor], suffix: str = "") -> Tensor:
+        """The scores before the final upsampling, at stride ``fcn_stride`` (:attr:`coarse_map`): ``score_fr``
+        of ``fc7``, fused with the skips' scores (section 4.2). ``feats``: the encoder's output; ``suffix``:
+        ``_<task>`` for one head of a multi-task net."""
         h = getattr(self, "score_fr" + suffix)(feats["fc7"])  # (N, K, H/32 + pad, W/32 + pad)
         if self.fcn_stride <= 16:
             h = self._fuse(h, self._scaled(feats["pool4"], 0), "score_pool4" + suffix, "upscore2" + suffix)
         if self.fcn_stride == 8:
             h = self._fuse(h, self._scaled(feats["pool3"], 1), "score_pool3" + suffix, "upscore_pool4" + suffix)
-        h = getattr(self, self.final_name + suffix)(h)
-        return _crop(h, self.offsets[self.final_name + suffix], x)  # (N, K, H, W)
+        return h  # (N, K, ~H/stride, ~W/stride)
 
     def _scaled(self, x: Tensor, i: int) -> Tensor:
         return x if self.skip_scales[i] == 1.0 else x * self.skip_scales[i]
