@@ -32,12 +32,13 @@ def _random_net(name: str, **kw) -> torch.nn.Module:
     return m
 
 
-@pytest.mark.parametrize("name", ["fcn32s", "fcn_alexnet"])
+@pytest.mark.parametrize("name", ["fcn32s", "fcn_alexnet", "fcn32s_googlenet"])
 @pytest.mark.parametrize("factor", [2, 4])
 def test_stitched_equals_rarefied(name, factor):
     # Section 3.2: the stitched output of the f x f shifted copies equals the net with the last poolings'
     # stride set to 1 and the later filters dilated: borders and odd sizes included, coarse and upsampled.
-    net = _random_net(name, width=1 / 16, dropout=0.0)
+    # GoogLeNet: the inception blocks' parallel branches and padded stride-1 ceil-mode poolings.
+    net = _random_net(name, width=1 / 8, dropout=0.0)
     stitched, rarefied = ShiftAndStitch(net, factor).eval(), rarefy(net, factor).eval()
     for h, w in SIZES:
         x = torch.randn(1, 3, h, w)

@@ -287,6 +287,11 @@ class PredictConfig:
     out_dir: str = opt("", "output folder (checked before any work)", flag="--out", short="-o", required=True)
     overlay: bool = opt(True, "also write <stem>_overlay.png (--no-overlay: only the label PNGs)")
     overwrite: bool = shared("overwrite", note="writes into a non-empty output folder")
+    format: tuple[str, ...] = opt(("png",), "what to write, comma-separated: png (label PNGs and overlays), rle "
+                                  "(predictions.jsonl: COCO run-length masks per class), or png,rle",
+                                  metavar="png,rle", parse=lambda text: tuple(text.split(",")))
+    resume: bool = opt(False, "go on in a non-empty output folder: skip the inputs whose outputs exist and whose "
+                       "manifest.jsonl line names the same checkpoint; predict the others (a new checkpoint: all)")
     skip_bad: bool = shared("skip_bad")
     flip: bool = shared("flip")
     window: int = shared("window")

@@ -272,15 +272,16 @@ class _DenseMaxPool(nn.Module):
     def __init__(self, pool: nn.MaxPool2d, rate: int, strided: bool):
         super().__init__()
         k, s, p, d = (_square(pool, a) for a in ("kernel_size", "stride", "padding", "dilation"))
-        if p and pool.ceil_mode:
-            raise ConfigError("cannot rarefy a padded ceil-mode max pooling", fix=_FIX)
+        if p and pool.ceil_mode and s > 1:  # at stride 1 ceil mode adds no window
+            raise ConfigError("cannot rarefy a padded, strided ceil-mode max pooling", fix=_FIX)
         self.kernel, self.dilation, self.padding = k, d * rate, p * rate
         self.extra = rate * min(s - 1, d * (k - 1)) if pool.ceil_mode and strided else 0
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.extra:
-            x = F.pad(x, (0, self.extra, 0, self.extra), value=float("-inf"))
-        return F.max_pool2d(x, self.kernel, 1, self.padding, self.dilation)
+        p, q = self.padding, self.padding + self.extra  # explicit: PyTorch caps a pooling's padding at k / 2
+        if p or q:
+            x = F.pad(x, (p, q, p, q), value=float("-inf"))
+        return F.max_pool2d(x, self.kernel, 1, 0, self.dilation)
 
 
 def rarefy(model: FCN, factor: int) -> nn.Module:
