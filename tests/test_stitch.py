@@ -57,6 +57,21 @@ def test_stitched_equals_rarefied(name, factor):
                                        atol=1e-5 * coarse.abs().max().item())
 
 
+def test_dense_upsample_places_the_coarse_cells_where_the_net_does():
+    # Independent of the stitching: interpolating the plain net's coarse scores at their coordinate map equals
+    # the net's own frozen 64 x 64 bilinear deconvolution between the first and the last cell centres.
+    net = _random_net("fcn32s", width=1 / 16, dropout=0.0)
+    x = torch.randn(1, 3, 101, 77)
+    with torch.no_grad():
+        coarse = net.coarse_scores(net.encoder(x))
+        ours, theirs = DenseUpsample(net.coarse_map)(coarse, (101, 77)), net(x)
+    m = net.coarse_map  # cell c is centred at pixel (c - shift) / scale: 32 c + 12.5 here
+    first = -m.shift / m.scale
+    lo, hi = [int(first) + 1] * 2, [int(first + (n - 1) / m.scale) for n in coarse.shape[2:]]
+    torch.testing.assert_close(ours[..., lo[0] : hi[0] + 1, lo[1] : hi[1] + 1],
+                               theirs[..., lo[0] : hi[0] + 1, lo[1] : hi[1] + 1], rtol=1e-5, atol=1e-5)
+
+
 def test_stitched_equals_rarefied_on_a_modern_encoder():
     # EfficientNet-Lite0: stride-2 depthwise convolutions with padding, batch norm, residuals
     torch.manual_seed(0)
@@ -86,12 +101,38 @@ def test_skip_nets_and_heads_are_stitched():
     net = _random_net("fcn8s", width=1 / 16, dropout=0.0)
     s = ShiftAndStitch(net, 8).eval()
     assert [st.input_stride for st in s.stages] == [1, 2, 4]
+    x = torch.randn(2, 3, 45, 61)
     with torch.no_grad():
-        assert s(torch.randn(2, 3, 45, 61)).shape == (2, 3, 45, 61)
+        assert s(x).shape == (2, 3, 45, 61)
+        # the shift-0 copy is the plain net: every 8th stitched cell is its coarse score (where stitched)
+        dense, coarse = s.stitched_scores(x)[""], net.coarse_scores(net.encoder(x))
+    sub = dense[..., ::8, ::8]
+    torch.testing.assert_close(sub, coarse[..., : sub.shape[2], : sub.shape[3]], rtol=1e-5, atol=1e-5)
+    # the copies' fused maps are cropped to their coarsest path, so the stitched map stops before the coarse
+    # map's far cells; with conv1_1's padding of 100 it still reaches past the image's last pixel
+    m = s.upsample
+    assert (45 - 1) * m.scale + m.shift <= dense.shape[2] - 1 and (61 - 1) * m.scale + m.shift <= dense.shape[3] - 1
     two = _random_net("fcn16s_siftflow", width=1 / 16, dropout=0.0)
+    x = torch.randn(1, 3, 33, 40)
     with torch.no_grad():
-        out = ShiftAndStitch(two, 2).eval()(torch.randn(1, 3, 33, 40))
+        st2 = ShiftAndStitch(two, 2).eval()
+        out, dense = st2(x), st2.stitched_scores(x)
+        feats = two.encoder(x)
     assert set(out) == {"sem", "geo"} and out["geo"].shape == (1, 3, 33, 40)
+    for task in ("sem", "geo"):
+        c = two.coarse_scores(feats, f"_{task}")
+        sub = dense[task][..., ::2, ::2]
+        torch.testing.assert_close(sub, c[..., : sub.shape[2], : sub.shape[3]], rtol=1e-5, atol=1e-5)
+
+
+def test_a_copy_of_the_wrapper_shifts_its_own_layers():
+    import copy
+
+    net = _random_net("fcn32s", width=1 / 16, dropout=0.0)
+    s = ShiftAndStitch(net, 2).eval()
+    x = torch.randn(1, 3, 37, 53)
+    with torch.no_grad():
+        torch.testing.assert_close(copy.deepcopy(s)(x), s(x), rtol=0, atol=0)
 
 
 def test_factors_the_net_cannot_take_are_refused():
@@ -167,6 +208,35 @@ def test_loss_sampling_keeps_about_p_of_the_cells_and_depends_on_the_step_alone(
     assert not torch.equal(a, ls.apply(target, 18, 255))
     assert not torch.equal(a, LossSampling(0.25, 32, seed=3, rank=1).apply(target, 17, 255))
     assert output_stride(build("fcn16s", num_classes=3, width=TINY)) == 16
+    # the cells are the coarse scores': VGG16's FCN-32s centres cell c at pixel 32 c + 12.5 (shift -25/64), so
+    # pixel u goes to cell (u + 3) // 32; EfficientNet's at 32 c, so (u + 16) // 32
+    assert LossSampling.for_model(build("fcn32s", num_classes=3, width=TINY), 0.5).phase == 3
+    assert LossSampling.for_model(build("fcn32s_efficientnet_lite0", num_classes=3), 0.5).phase == 16
+    t = torch.zeros(1, 40, 40, dtype=torch.long)
+    out = sample_cells(t, 0.5, 32, torch.Generator().manual_seed(1), 255, phase=16)  # blocks 0-15, 16-39 per axis
+    for rows in (slice(0, 16), slice(16, 40)):
+        for cols in (slice(0, 16), slice(16, 40)):
+            assert out[0, rows, cols].unique().numel() == 1  # each block kept or dropped whole
+
+
+def test_train_one_epoch_draws_each_steps_own_cells():
+    from fcnseg.engine import train_one_epoch
+    from fcnseg.normalization import IMAGENET
+
+    seen: list[int] = []
+
+    class Spy(LossSampling):
+        def apply(self, target, step, ignore_index):
+            seen.append(step)
+            return super().apply(target, step, ignore_index)
+
+    model = build("fcn32s", num_classes=3, width=TINY, dropout=0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    batches = [(torch.rand(1, 3, 32, 32), torch.randint(0, 3, (1, 32, 32))) for _ in range(3)]
+    train_one_epoch(model, batches, opt, sched, norm=IMAGENET, device=torch.device("cpu"), step=5,
+                    loss_sampling=Spy(0.5, 32))
+    assert seen == [5, 6, 7]
 
 
 def test_loss_sampling_trains_and_resumes_exactly(data_root, tmp_path):
@@ -183,3 +253,7 @@ def test_loss_sampling_trains_and_resumes_exactly(data_root, tmp_path):
     c = load_checkpoint(whole.parent / "last.pt")
     assert any(not torch.equal(c.state_dict[k], v) for k, v in a.state_dict.items())
     assert main(["train", "--dataset", "camvid", "--loss-sampling", "0", "--dry-run"]) == 2
+    # resuming with another P would draw other cells: refused in one line
+    with pytest.raises(ConfigError, match="loss_sampling"):
+        run_train(tiny_cfg(data_root, tmp_path / "b", loss_sampling=0.25, max_steps=6,
+                           resume=str(tmp_path / "b" / "last.pt")), progress=False)

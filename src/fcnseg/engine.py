@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -101,10 +102,20 @@ class LossSampling:
     cell: int
     seed: int = 0
     rank: int = 0
+    phase: int = 0  # pixels of the first cell cut off by the image's top-left (sample_cells)
 
     def apply(self, target: Tensor, step: int, ignore_index: int) -> Tensor:
         g = torch.Generator().manual_seed(((self.seed * 1_000_003 + step) * 1_009 + self.rank) % (2**63))
-        return sample_cells(target, self.keep, self.cell, g, ignore_index)
+        return sample_cells(target, self.keep, self.cell, g, ignore_index, phase=self.phase)
+
+    @classmethod
+    def for_model(cls, model: nn.Module, keep: float, seed: int = 0, rank: int = 0) -> LossSampling:
+        """Cells of ``model``'s coarse scores: its output stride, and the phase at which its cell centres
+        (``coarse_map``: pixel ``u`` is nearest to cell ``round(u / S + shift)``) divide the pixels."""
+        cell = output_stride(model)
+        m = next((x.coarse_map for x in model.modules() if hasattr(x, "coarse_map")), None)
+        phase = 0 if m is None else math.floor(cell * (m.shift + Fraction(1, 2))) % cell
+        return cls(keep, cell, seed, rank, phase)
 
 
 def output_stride(model: nn.Module) -> int:
@@ -194,7 +205,7 @@ def train_one_epoch(
             if images.shape[0] == 0:
                 continue
             losses.append(train_step(model, images, masks, optimizer, scheduler, norm=norm, device=device,
-                                     **options))
+                                     step=step, **options))
             step += 1
             bar.update(1)
     return torch.stack(losses).float().cpu() if losses else torch.zeros(0)

@@ -72,19 +72,25 @@ def median_frequency_weights(pixels: Tensor, image_pixels: Tensor) -> Tensor:
     return weights.float()
 
 
-def sample_cells(target: Tensor, keep: float, cell: int, generator: torch.Generator, ignore_index: int = 255
-                 ) -> Tensor:
+def sample_cells(target: Tensor, keep: float, cell: int, generator: torch.Generator, ignore_index: int = 255, *,
+                 phase: int = 0) -> Tensor:
     """Loss sampling (arXiv:1411.4038, sections 3.4 and 4.3): ``target`` with the pixels of each ``cell`` x ``cell``
     block set to ``ignore_index`` with probability ``1 - keep``, one draw per block and image.
 
-    The blocks are the final layer's cells (``cell`` = the net's output stride), laid from the top-left pixel,
-    so dropping one removes the loss of one coarse score, as the paper's patch sampling does; the draw is made
-    on the CPU from ``generator`` (seeded by the caller per step), so it does not depend on the device.
+    The blocks are the final layer's cells (``cell`` = the net's output stride): pixel ``u`` (each axis) is in
+    block ``(u + phase) // cell``, so with the phase of the net's coarse map (:meth:`fcnseg.engine.LossSampling.
+    for_model`) each block holds the pixels nearest to one coarse score, and dropping it removes that score's
+    loss, as the paper's patch sampling does. The draw is made on the CPU from ``generator`` (seeded by the
+    caller per step), so it does not depend on the device; only the block grid is copied to it.
     ``target``: (N, H, W) or (N, T, H, W) (every task of a pixel is dropped together); returns a new tensor.
     """
     n, (h, w) = target.shape[0], target.shape[-2:]
-    cells = torch.rand(n, -(-h // cell), -(-w // cell), generator=generator) >= keep  # (N, H/cell, W/cell): drop
-    drop = cells.repeat_interleave(cell, 1).repeat_interleave(cell, 2)[:, :h, :w].to(target.device)  # (N, H, W)
+    gh, gw = (h - 1 + phase) // cell + 1, (w - 1 + phase) // cell + 1
+    cells = torch.rand(n, gh, gw, generator=generator) >= keep  # (N, gh, gw): True = dropped
+    if target.device.type == "cuda":
+        cells = cells.pin_memory()
+    cells = cells.to(target.device, non_blocking=True)
+    drop = cells.repeat_interleave(cell, 1).repeat_interleave(cell, 2)[:, phase : phase + h, phase : phase + w]
     if target.ndim == 4:
-        drop = drop[:, None]
+        drop = drop[:, None]  # (N, 1, H, W): every task
     return target.masked_fill(drop, ignore_index)

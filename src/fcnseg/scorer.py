@@ -170,12 +170,12 @@ class ScorerSpec:
         precision = resolve_precision(self.precision, dev)  # warns where bf16 is emulated
         if self.threads > 0:
             torch.set_num_threads(self.threads)
-        model = self.checkpoint.build_model().to(dev)
-        if self.shift_and_stitch != 1:
+        model = self.checkpoint.build_model()
+        if self.shift_and_stitch != 1:  # wraps a copy: on the CPU, before the device holds the weights
             from .models.stitch import ShiftAndStitch
 
             model = ShiftAndStitch(model, self.shift_and_stitch)
-        model = prepare_inference(model, precision=precision)
+        model = prepare_inference(model.to(dev), precision=precision)
         flip, window, scales = self.flip, self.window, tuple(self.scales)
 
         def run(x: Tensor) -> Tensor:

@@ -29,7 +29,7 @@ from . import data as fdata
 from .checkpoint import Checkpoint, load_checkpoint, load_init_weights, save_checkpoint, task_extra
 from .config import TrainConfig
 from .distributed import ShardedSampler, any_rank, collective, init_distributed, is_main, on_main
-from .engine import LossSampling, TrainMeter, evaluate, output_stride, set_train_mode, train_step
+from .engine import LossSampling, TrainMeter, evaluate, set_train_mode, train_step
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -158,6 +158,10 @@ def check_resume(ck: Checkpoint, cfg: TrainConfig, state: TrainState, *, world: 
                               f"position would point at other samples", path=path,
                               fix="resume with the same processes and data (and {skip_bad} setting), or start "
                                   "anew with {init_from}")
+    if saved.get("loss_sampling", 1.0) != cfg.loss_sampling:  # the cells' draws would change
+        raise ConfigError(f"{path}: trained with loss_sampling={saved.get('loss_sampling', 1.0)!r}, not "
+                          f"{cfg.loss_sampling!r}", path=path,
+                          fix="resume with the same {loss_sampling} (or start a new run with {init_from})")
     for key in ("model", "batch_size", "dataset", "train_split", "seed"):
         if key in saved and saved[key] != getattr(cfg, key):
             raise ConfigError(f"{path}: trained with {key}={saved[key]!r}, not {getattr(cfg, key)!r}", path=path,
@@ -240,8 +244,8 @@ def make_run(cfg: TrainConfig, state: TrainState, train_ds: fdata.SegmentationDa
                    amp=resolve_precision(cfg.precision, device) == "bf16",
                    class_weights=None if weights is None else weights.to(device), clip_grad_norm=cfg.clip_grad_norm,
                    loss_sampling=None if cfg.loss_sampling == 1 else
-                   LossSampling(cfg.loss_sampling, output_stride(state.model), cfg.seed,
-                                rank=torch.distributed.get_rank() if world > 1 else 0))
+                   LossSampling.for_model(state.model, cfg.loss_sampling, cfg.seed,
+                                          rank=torch.distributed.get_rank() if world > 1 else 0))
     template = Checkpoint(model_name=cfg.model, model_args=_model_args(cfg, train_ds), state_dict={},
                           classes=list(train_ds.classes), palette=list(train_ds.palette), normalization=norm,
                           ignore_index=train_ds.ignore_index, config=cfg.to_dict(), extra=task_extra(train_ds.tasks))

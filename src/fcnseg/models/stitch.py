@@ -166,6 +166,21 @@ def _stitched_map(model: FCN, factor: int) -> CoordMap:
     return CoordMap(m.scale * factor, m.shift * factor)  # stride S / F; cell 0 is the coarse cell 0
 
 
+class _Shift:
+    """Forward pre-hook of a subsampling layer whose padding was set to 0: pad its input as the layer padded it
+    (zeros, or -inf for a max pooling), then drop the first ``layer.fcnseg_shift`` = (ty, tx) rows and columns."""
+
+    def __init__(self, pad: int, is_max: bool):
+        self.pad, self.value = pad, float("-inf") if is_max else 0.0
+
+    def __call__(self, m: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        ty, tx = getattr(m, "fcnseg_shift", (0, 0))
+        x = args[0]
+        if self.pad:
+            x = F.pad(x, (self.pad,) * 4, value=self.value)
+        return (x[..., ty:, tx:], *args[1:])
+
+
 class ShiftAndStitch(nn.Module):
     """``model`` made ``factor`` times denser by shift-and-stitch (section 3.2); same output as the model:
     logits (N, K, H, W) at input size, or a dict of them for a multi-task net.
@@ -186,7 +201,8 @@ class ShiftAndStitch(nn.Module):
     def __init__(self, model: FCN, factor: int):
         super().__init__()
         if factor == 1:
-            raise ConfigError("shift-and-stitch factor 1 is plain inference", fix="run the model itself")
+            raise ConfigError("shift-and-stitch factor 1 is plain inference",
+                              fix="run the model itself ({shift_and_stitch} 1)")
         self.factor = factor
         stages = _stages_for(model, factor)
         self.model = copy.deepcopy(model)
@@ -194,8 +210,7 @@ class ShiftAndStitch(nn.Module):
         self.stages = [Stage(tuple(by_id[id(m)] for m in st.layers), st.stride, st.input_stride) for st in stages]
         # weight of each stage's shift in stitched cells: t cells of its input = t * input_stride image pixels
         self.weights = [st.input_stride * factor // model.fcn_stride for st in stages]
-        self._shift: dict[int, tuple[int, int]] = {}
-        for i, st in enumerate(self.stages):
+        for st in self.stages:
             for layer in st.layers:
                 pad = _square(layer, "padding")
                 if isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
@@ -203,18 +218,12 @@ class ShiftAndStitch(nn.Module):
                                       f"{layer.padding_mode!r}", fix=_FIX)
                 if isinstance(layer, nn.AvgPool2d) and pad:
                     raise ConfigError("shift-and-stitch cannot shift a padded average pooling", fix=_FIX)
+                if isinstance(layer, nn.MaxPool2d | nn.AvgPool2d) and pad and layer.ceil_mode:
+                    # moving the padding out of the layer would change PyTorch's rule for its last window
+                    raise ConfigError("shift-and-stitch cannot shift a padded ceil-mode pooling", fix=_FIX)
                 layer.padding = 0 if isinstance(layer, nn.MaxPool2d | nn.AvgPool2d) else (0, 0)
-                layer.register_forward_pre_hook(self._hook(i, pad, isinstance(layer, nn.MaxPool2d)))
+                layer.register_forward_pre_hook(_Shift(pad, isinstance(layer, nn.MaxPool2d)))
         self.upsample = DenseUpsample(_stitched_map(model, factor))
-
-    def _hook(self, stage: int, pad: int, is_max: bool):
-        def shift(m: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-            ty, tx = self._shift.get(stage, (0, 0))
-            x = args[0]
-            if pad:
-                x = F.pad(x, (pad, pad, pad, pad), value=float("-inf") if is_max else 0.0)
-            return (x[..., ty:, tx:], *args[1:])
-        return shift
 
     def stitched_scores(self, x: Tensor) -> dict[str, Tensor]:
         """The interlaced coarse scores by task ("" for a single head): (N, K, ~H F / S, ~W F / S)."""
@@ -249,11 +258,16 @@ class ShiftAndStitch(nn.Module):
 
     @contextmanager
     def _shifted(self, sy: tuple[int, ...], sx: tuple[int, ...]) -> Iterator[None]:
-        self._shift = {i: (ty, tx) for i, (ty, tx) in enumerate(zip(sy, sx, strict=True))}
+        # The shift lives on the hooked layers themselves, so a copy of this module shifts its own layers.
+        for st, ty, tx in zip(self.stages, sy, sx, strict=True):
+            for layer in st.layers:
+                layer.fcnseg_shift = (ty, tx)
         try:
             yield
         finally:
-            self._shift = {}
+            for st in self.stages:
+                for layer in st.layers:
+                    layer.fcnseg_shift = (0, 0)
 
     def forward(self, x: Tensor) -> Tensor | dict[str, Tensor]:
         out = {t: self.upsample(s, x.shape[2:]) for t, s in self.stitched_scores(x).items()}  # (N, K, H, W)
