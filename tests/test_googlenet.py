@@ -298,3 +298,19 @@ def test_a_malformed_table1_row_is_named(tmp_path):
         load_paper_architectures(bad)
     bad.write_text('status = "x"\n')  # records without Table 1: the section is left out
     assert architectures_table(bad) == []
+
+
+def test_forward_time_is_measured_only_when_asked(monkeypatch, capsys):
+    from fcnseg.models import zoo
+
+    ms = zoo.forward_ms("fcn_alexnet", size=48, repeats=1)  # a real pass, small
+    assert 0 < ms < 60_000
+    calls: list[str] = []
+    monkeypatch.setattr(zoo, "forward_ms", lambda name, **kw: calls.append(name) or 123.4)
+    assert main(["models"]) == 0 and calls == []  # the plain listing never runs a net
+    capsys.readouterr()
+    assert main(["models", "--time"]) == 0
+    assert calls == ["fcn_alexnet", "fcn32s", "fcn32s_googlenet"]
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.strip().startswith("FCN-VGG16"))
+    assert "210 | 123 ms" in line and "fp32 on this CPU" in out

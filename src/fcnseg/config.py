@@ -292,6 +292,9 @@ class PredictConfig:
                                   metavar="png,rle", parse=lambda text: tuple(text.split(",")))
     resume: bool = opt(False, "go on in a non-empty output folder: skip the inputs whose outputs exist and whose "
                        "manifest.jsonl line names the same checkpoint; predict the others (a new checkpoint: all)")
+    ray: str = opt("", "predict on a Ray cluster (pip install 'fcnseg[ray]'): auto joins a running one, local starts "
+                   "one on this machine, or a cluster's address; empty = this process", metavar="ADDRESS")
+    ray_actors: int = opt(2, "Ray actors that each hold the model (one CPU each, or one GPU with device cuda)")
     skip_bad: bool = shared("skip_bad")
     flip: bool = shared("flip")
     window: int = shared("window")
@@ -356,3 +359,5 @@ class ModelsConfig:
     """``fcnseg models``'s options."""
 
     names: bool = opt(False, "only the registered names, one a line")
+    time: bool = opt(False, "also time Table 1's nets here: one fp32 forward pass at 500x500 on this CPU, median "
+                     "of 3 (tens of seconds)")

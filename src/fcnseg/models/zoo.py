@@ -200,9 +200,31 @@ def computed_architecture(name: str, num_classes: int = 21) -> ComputedArchitect
     return ComputedArchitecture(sum(p.numel() for p in model.parameters()), rf.size, rf.stride, rf.conv_layers)
 
 
-def architectures_table(records: str | os.PathLike[str] = PAPER_RECORDS) -> list[str]:
+def forward_ms(name: str, size: int = 500, repeats: int = 3, num_classes: int = 21) -> float:
+    """Median wall time in milliseconds of one fp32 forward pass of the registered net ``name`` (random weights,
+    eval mode, no gradients) on a ``size`` x ``size`` image, on this machine's CPU, after one warm-up pass."""
+    import time
+
+    import torch
+
+    from . import build
+
+    model = build(name, num_classes=num_classes).eval()
+    x = torch.zeros(1, 3, size, size)
+    times = []
+    with torch.no_grad():
+        model(x)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+    return 1000 * sorted(times)[len(times) // 2]
+
+
+def architectures_table(records: str | os.PathLike[str] = PAPER_RECORDS, *, timed: bool = False) -> list[str]:
     """The lines of ``fcnseg models``'s Table 1 section: each of the paper's rows, "paper | fcnseg" per column
-    (mean IU and time are the paper's alone: not measured here); ``[]`` when the records hold no such rows."""
+    (mean IU is the paper's alone; the forward time too unless ``timed``, which measures it on this machine's
+    CPU with :func:`forward_ms`); ``[]`` when the records hold no such rows."""
     rows = load_paper_architectures(records)
     if not rows:
         return []
@@ -213,9 +235,23 @@ def architectures_table(records: str | os.PathLike[str] = PAPER_RECORDS) -> list
     lines = ["", f"{rows[0].source}, the classifiers as FCN-32s. Mean IU (PASCAL VOC 2011 val) and forward time (a "
              "500x500 input on a Tesla K40c) are the paper's,", "not measured here; the other columns are paper | "
              "fcnseg, computed from the layers of the built net (21 classes):", "", head]
+    if timed:
+        import platform
+
+        import torch
+
+        lines[1:3] = [f"{rows[0].source}, the classifiers as FCN-32s. Mean IU (PASCAL VOC 2011 val) is the paper's; "
+                      "forward time (500x500) is the paper's on a Tesla K40c | fcnseg's here,",
+                      f"fp32 on this CPU ({platform.processor() or platform.machine()}, "
+                      f"{torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}); the other "
+                      "columns are paper | fcnseg, computed from the layers of the built net (21 classes):"]
+        lines[-1] = lines[-1].replace(f"{'forward':>7}", f"{'forward':>17}")
     for r in rows:
         c = computed_architecture(r.model)
-        lines.append(f"  {r.label:<{label_w}}  {r.model:<{model_w}}  {r.mean_iu:>7.1f}  {r.forward_ms:>4g} ms  "
+        fwd = f"{r.forward_ms:>4g} ms"
+        if timed:
+            fwd = f"{f'{r.forward_ms:g} | {forward_ms(r.model):.0f} ms':>17}"
+        lines.append(f"  {r.label:<{label_w}}  {r.model:<{model_w}}  {r.mean_iu:>7.1f}  {fwd}  "
                      f"{f'{r.conv_layers} | {c.conv_layers}':>11}  "
                      f"{f'{r.params_m:g}M | {c.params / 1e6:.1f}M':>14}  {f'{r.rf_size} | {c.rf_size}':>9}  "
                      f"{f'{r.max_stride} | {c.max_stride}':>10}")
@@ -233,9 +269,10 @@ def describe(name: str) -> str:
     return doc.splitlines()[0] if doc else ""
 
 
-def models_table(records: str | os.PathLike[str] = PAPER_RECORDS) -> str:
+def models_table(records: str | os.PathLike[str] = PAPER_RECORDS, *, timed: bool = False) -> str:
     """What ``fcnseg models`` prints: every registered model with what it is, then the paper's results (from
-    ``records``) with their commands, or one line saying where the results are when the file is not here."""
+    ``records``) with their commands, or one line saying where the results are when the file is not here;
+    ``timed`` measures Table 1's forward times here (:func:`architectures_table`)."""
     from . import list_models
 
     names = list_models()
@@ -251,4 +288,4 @@ def models_table(records: str | os.PathLike[str] = PAPER_RECORDS) -> str:
         lines.append(f"  {r.model:<{width}}  {r.dataset}: {r.metrics()}  [{r.source}]")
         lines.append(f"  {'':<{width}}  {r.status}")
         lines.append(f"  {'':<{width}}  $ {r.command}")
-    return "\n".join(lines + architectures_table(records))
+    return "\n".join(lines + architectures_table(records, timed=timed))
