@@ -192,7 +192,8 @@ def _models(a: argparse.Namespace) -> int:
     from .models import list_models
     from .models.zoo import models_table
 
-    print("\n".join(list_models()) if options_of(ModelsConfig, a).names else models_table())
+    opts = options_of(ModelsConfig, a)
+    print("\n".join(list_models()) if opts.names else models_table(timed=opts.time))
     return 0
 
 
