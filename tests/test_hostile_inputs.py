@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import os
@@ -132,7 +133,10 @@ def test_predict_skip_bad_writes_every_good_image(hostile: Path, tiny_checkpoint
     assert "Traceback" not in err
     assert re.match(rf"6 images in [\d.]+ s \([\d.]+ images/s\), 4 skipped \(unreadable\) -> {re.escape(str(out))}$",
                     stdout.strip()), stdout
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{s}{x}.png" for s in GOOD for x in ("", "_overlay"))
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{s}{x}.png" for s in GOOD for x in ("", "_overlay")]
+                                                          + ["manifest.jsonl"])
+    listed = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert {Path(r["file"]).stem for r in listed if r["status"] == "bad"} == BAD  # listed for a later --resume
     for stem, size in GOOD.items():
         labels = Image.open(out / f"{stem}.png")
         assert labels.mode == "P" and labels.size == size, stem  # displayed size: rotated.jpg is 30x40

@@ -289,7 +289,7 @@ def test_segment_formats(val_images):
         r = client.post("/v1/segment", content=data, headers={"content-type": "image/png", "accept": "text/html"})
         assert r.status_code == 406 and "application/json" in r.json()["error"]
         r = client.post("/v1/segment?format=jpeg", content=data, headers={"content-type": "image/png"})
-        assert r.status_code == 400 and "labels, overlay or json" in r.json()["error"]
+        assert r.status_code == 400 and "labels, overlay, json or rle" in r.json()["error"]
 
 
 def test_model_endpoint(tiny_ckpt):

@@ -118,13 +118,18 @@ def _eval(a: argparse.Namespace) -> int:
 
 
 def _predict(a: argparse.Namespace) -> int:
+    from .distributed import close_distributed, is_main
     from .predict import run_predict
 
     cfg: PredictConfig = options_of(PredictConfig, a)
     r = run_predict(cfg, progress=not a.quiet)
-    skipped = f", {r['skipped']} skipped (unreadable)" if r["skipped"] else ""
-    print(f"{r['images']} images in {r['seconds']:.1f} s ({r['images_per_s']:.2f} images/s){skipped} -> "
-          f"{cfg.out_dir}")
+    if is_main():  # one summary of every process's counts
+        skipped = f", {r['skipped']} skipped (unreadable)" if r["skipped"] else ""
+        resumed = f", {r['resumed']} done before" if r["resumed"] else ""
+        procs = f" on {r['processes']} processes" if r["processes"] > 1 else ""
+        print(f"{r['images']} images in {r['seconds']:.1f} s ({r['images_per_s']:.2f} images/s){procs}{skipped}"
+              f"{resumed} -> {cfg.out_dir}")
+    close_distributed()  # after a finished run only: a failed one may leave a collective behind
     return 0
 
 

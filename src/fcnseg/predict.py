@@ -4,30 +4,43 @@ Decoding runs in loader workers and writing in a thread pool, so both overlap th
 Images are read by :mod:`fcnseg.io` (EXIF orientation, 16-bit, any mode, pixel budget). An image larger
 than ``tile_pixels`` is predicted in tiles (:func:`predict_labels_tiled`), so peak memory stays bounded
 whatever the photo's size.
+
+At scale (docs/how-to/predict-at-scale.md): ``format`` ``rle`` writes ``predictions.jsonl`` (COCO run-length
+masks, :mod:`fcnseg.rle`) instead of or beside the PNGs; under ``torchrun`` each process takes the inputs whose
+path hashes to its rank (:func:`shard_of`); every finished or bad input gets a line in ``manifest.jsonl``
+(:mod:`fcnseg.manifest`), so ``resume`` after a kill does only the rest; ``ray`` predicts on a Ray cluster
+(:mod:`fcnseg.predict_ray`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from torch import distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import PredictConfig
-from .errors import CheckpointError, PredictionError
+from .distributed import CHECKS_TIMEOUT_S, collective, init_distributed, on_main
+from .errors import CheckpointError, ConfigError, PredictionError
 from .io import DataError, is_image_file, read_image
+from .manifest import MANIFEST, AppendLog, model_fingerprint, read_jsonl
 from .models import head_labels
-from .outputs import atomic_write, check_output_dir
+from .outputs import atomic_write, check_output_dir, remove_stale_temp_files
 from .progress import Progress
+from .rle import encode_labels
 from .scorer import Scorer, ScorerSpec, make_scorer
 
 log = logging.getLogger(__name__)
@@ -35,7 +48,11 @@ log = logging.getLogger(__name__)
 DEFAULT_TILE_PIXELS = 1024 * 1024
 """Images with more pixels than this are predicted in tiles of about this many pixels (bounded memory)."""
 
+FORMATS = ("png", "rle")
+"""What ``predict`` writes: ``png`` label PNGs (and overlays), ``rle`` one ``predictions.jsonl``."""
 
+PREDICTIONS = "predictions.jsonl"
+"""The RLE records' file in the output folder (format ``rle``)."""
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -44,7 +61,14 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     A folder's files are taken when Pillow opens their suffix (:data:`fcnseg.io.IMAGE_EXTENSIONS`); other
     files are reported in one log line, never skipped silently.
     """
-    files: list[Path] = []
+    return [path for path, _ in collect_keyed_inputs(inputs)]
+
+
+def collect_keyed_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
+    """:func:`collect_inputs` with each file's key: its path relative to the folder it was found in (POSIX),
+    or its name when named directly. The key, not the full path, chooses a process's share
+    (:func:`shard_of`), so the shares do not change where the folder is mounted or when files are added."""
+    files: list[tuple[Path, str]] = []
     for item in map(Path, inputs):
         if item.is_dir():
             entries = sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -57,14 +81,67 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
             if not found:
                 raise DataError(f"folder {item} holds no images (e.g. .png, .jpg, .tif, .gif, .webp)", path=item,
                                 fix="pass image files or folders of images as {inputs}")
-            files += found
+            files += [(p, p.relative_to(item).as_posix()) for p in found]
         elif item.is_file():
-            files.append(item)
+            files.append((item, item.name))
         else:
             raise DataError(f"input {item} does not exist", path=item, fix="pass image files or folders as {inputs}")
     if not files:
         raise DataError("no input images given", fix="pass image files or folders as {inputs}")
     return files
+
+
+def shard_of(key: str, world: int) -> int:
+    """The rank (of ``world``) that predicts the input of ``key``: sha1 of the key, modulo ``world``. Stable:
+    adding or removing files moves no other file to another process."""
+    return int.from_bytes(hashlib.sha1(key.encode("utf-8", "surrogateescape")).digest()[:8], "big") % world
+
+
+def output_stems(files: Sequence[Path]) -> list[str]:
+    """The output name (stem) of each input: its stem, with ``_1``, ``_2``... where an earlier input (in
+    order) has the same stem (the same name in two folders: both kept). Decided over the whole list, so every
+    process of a sharded run and every resumed run names each input alike."""
+    used: set[str] = set()
+    stems = []
+    for path in files:
+        name, n = path.stem, 0
+        while name in used or f"{name}_overlay" in used:
+            n += 1
+            name = f"{path.stem}_{n}"
+        used.update((name, f"{name}_overlay"))
+        stems.append(name)
+    return stems
+
+
+def check_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
+    """``formats`` (``"png,rle"``, ``("png", "rle")``, ``["rle"]``) as a tuple of :data:`FORMATS`, each once;
+    anything else is a :class:`~fcnseg.errors.ConfigError` naming the option ``format``."""
+    items = [formats] if isinstance(formats, str) else list(formats)
+    got = tuple(dict.fromkeys(p.strip() for item in items for p in str(item).split(",") if p.strip()))
+    unknown = [f for f in got if f not in FORMATS]
+    if unknown or not got:
+        raise ConfigError(f"unknown output format {', '.join(unknown) or '(none)'}",
+                          fix="choose png, rle or png,rle for {format}")
+    return got
+
+
+def png_names(stem: str, ck: Checkpoint, overlay: bool) -> list[str]:
+    """The PNG files ``predict`` writes for one input of output name ``stem``."""
+    suffixes = [""] if ck.tasks is None else [f"_{t}" for t in ck.tasks]
+    return [f"{stem}{s}{kind}.png" for s in suffixes for kind in ("", "_overlay")[: 2 if overlay else 1]]
+
+
+def rle_record(file: str, labels: np.ndarray, ck: Checkpoint) -> dict[str, Any]:
+    """The ``predictions.jsonl`` record of one image: ``{"file", "height", "width", "classes": [{"id",
+    "name", "pixels", "rle": {"size": [H, W], "counts"}}]}`` (COCO's compressed counts, :mod:`fcnseg.rle`);
+    a multi-task model's labels (T, H, W) give ``"tasks": {task: [classes...]}`` instead of ``"classes"``."""
+    h, w = labels.shape[-2:]
+    record: dict[str, Any] = {"file": file, "height": int(h), "width": int(w)}
+    if ck.tasks is None:
+        record["classes"] = encode_labels(labels, ck.classes)
+    else:
+        record["tasks"] = {t: encode_labels(labels[i], names) for i, (t, (names, _)) in enumerate(ck.tasks.items())}
+    return record
 
 
 class _Images(Dataset):
@@ -212,54 +289,274 @@ class Predictor:
 
 
 def run_predict(cfg: PredictConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Write ``<stem>.png`` (palette labels) and ``<stem>_overlay.png`` for every input image; for a multi-task
-    model (SIFT Flow's) ``<stem>_<task>.png`` and ``<stem>_<task>_overlay.png`` for each task (``_sem``, ``_geo``).
+    """Predict every input image; write what ``cfg.format`` asks for into ``cfg.out_dir``.
 
-    The output folder is checked before any work (an existing, non-empty one is refused unless
-    ``overwrite``). Each file is written atomically. With ``skip_bad`` an unreadable image is logged and
-    skipped, and counted in the result. Returns ``{"images": written, "skipped": n, "seconds": t,
-    "images_per_s": written / t}``. :func:`predict_files` does the same for a checkpoint already loaded.
+    * ``png`` (default): ``<stem>.png`` (palette labels) and ``<stem>_overlay.png``; for a multi-task model
+      (SIFT Flow's) ``<stem>_<task>.png`` and ``<stem>_<task>_overlay.png`` for each task (``_sem``, ``_geo``).
+    * ``rle``: ``predictions.jsonl``, one :func:`rle_record` a line in input order, written atomically at the end
+      (the records go first to ``predictions.rank<k>.jsonl``, appended as each image is done).
+
+    The output folder is checked before any work (an existing, non-empty one is refused unless ``overwrite``
+    or ``resume``). Each file is written atomically, and every input finished or found bad gets a line in
+    ``manifest.jsonl`` (:mod:`fcnseg.manifest`) with the hash of the checkpoint. ``resume`` skips the inputs
+    whose outputs exist and whose last manifest line says done by the same checkpoint and settings; the rest
+    (another checkpoint's, a bad file's, a killed run's) are predicted again. With ``skip_bad`` an
+    unreadable image is logged, counted and listed in the manifest instead of stopping the run.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) each process predicts the inputs whose key hashes to its rank
+    (:func:`shard_of`) and rank 0 merges the processes' manifests and RLE parts at the end; the files written
+    are those of one process. With ``ray`` the same plan is predicted by Ray actors (:mod:`fcnseg.predict_ray`).
+    Returns the totals over all processes: ``{"images": written, "skipped": bad,
+    "resumed": done before, "seconds": t, "images_per_s": written / t, "processes": n}``.
+    :func:`predict_files` does the same for a checkpoint already loaded.
     """
     return predict_files(load_checkpoint(cfg.checkpoint), cfg, progress=progress)
 
 
+class _Plan(NamedTuple):
+    """What a run does, decided once on rank 0 and shared with every process."""
+
+    files: list[str]  # every input, in order: its path as found (the manifest's and the records' "file")
+    keys: list[str]  # its key (path under its input folder), which chooses its process
+    stems: list[str]  # its output name
+    todo: list[int]  # the inputs to predict in this run
+    resumed: int  # inputs skipped: done before by this model and settings
+    model: str  # :func:`fcnseg.manifest.model_fingerprint` (or of the loaded weights)
+    settings: str  # the options besides the model that change labels
+    run: int  # this run's number in the manifest (1 + the highest before)
+
+
 def predict_files(ck: Checkpoint, cfg: PredictConfig, *, progress: bool = True) -> dict[str, Any]:
-    """:func:`run_predict` with the checkpoint already loaded (``cfg.checkpoint`` is not read)."""
-    spec = ScorerSpec(ck, engine=cfg.engine, onnx_file=cfg.onnx_file, precision=cfg.precision, device=cfg.device,
+    """:func:`run_predict` with the checkpoint already loaded; ``cfg.checkpoint``, when it names a file, is only
+    hashed for the manifest (else the loaded weights are)."""
+    formats = check_formats(cfg.format)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, device = 0, cfg.device
+    if world > 1:  # torchrun: shards finish at different times, so the last collective waits long
+        rank, world, dev = init_distributed(cfg.device, timeout_s=CHECKS_TIMEOUT_S)
+        device = str(dev)
+    spec = ScorerSpec(ck, engine=cfg.engine, onnx_file=cfg.onnx_file, precision=cfg.precision, device=device,
                       flip=cfg.flip, window=cfg.window,
                       shift_and_stitch=cfg.shift_and_stitch)  # the engine settings are refused before any work
-    files = collect_inputs(cfg.inputs)
-    out = check_output_dir(cfg.out_dir, option="out_dir", overwrite=cfg.overwrite, create=True)
+    if cfg.ray:
+        from .predict_ray import check_ray, predict_on_ray
+
+        check_ray(cfg, world)  # before any work: the extra is installed, the options fit
+        plan = _make_plan(ck, cfg, formats)
+        counts = predict_on_ray(ck, cfg, plan, formats, progress=progress)
+        _merge(Path(cfg.out_dir), plan, formats)
+        return _summary(counts, plan, cfg.ray_actors)
+    plan: _Plan = on_main(lambda: _make_plan(ck, cfg, formats))
+    out = Path(cfg.out_dir)
+    mine = [i for i in plan.todo if world == 1 or shard_of(plan.keys[i], world) == rank]
     predictor = Predictor(spec.build(), tile_pixels=cfg.tile_pixels)
-    loader = DataLoader(_Images(files, cfg.max_pixels, cfg.skip_bad), batch_size=1, num_workers=cfg.workers,
-                        collate_fn=_first)
-    used: set[str] = set()
-    skipped: list[str] = []
+    loader = DataLoader(_Images([Path(plan.files[i]) for i in mine], cfg.max_pixels, cfg.skip_bad), batch_size=1,
+                        num_workers=cfg.workers, collate_fn=_first)
+    bad = 0
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=2) as pool, Progress(len(files), "predict", "img", enabled=progress) as bar:
-        pending = []
-        for image, i, problem in loader:
-            bar.update(1)
-            if image is None:
-                log.warning("skipping %s", problem)
-                skipped.append(problem)
-                continue
-            labels = predictor(image, str(files[i]))
-            name, n = files[i].stem, 0
-            while name in used or f"{name}_overlay" in used:  # same stem in two folders: keep both
-                n += 1
-                name = f"{files[i].stem}_{n}"
-            used.update((name, f"{name}_overlay"))
-            pending.append(pool.submit(_write, out, name, image.permute(1, 2, 0).numpy(), labels, ck, cfg.overlay))
-            while len(pending) > 4:  # bound the images held for writing (a folder of 24 MP photos)
-                pending.pop(0).result()
-        for f in pending:
-            f.result()
+    manifest = AppendLog(out / (MANIFEST if world == 1 else f"manifest.rank{rank}.jsonl"))
+    parts = AppendLog(out / f"predictions.rank{rank}.jsonl") if "rle" in formats else None
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool, \
+                Progress(len(mine), "predict", "img", enabled=progress and rank == 0) as bar:
+            pending = []
+            for image, j, problem in loader:
+                i = mine[j]
+                bar.update(1)
+                if image is None:
+                    log.warning("skipping %s", problem)
+                    bad += 1
+                    manifest.append({"file": plan.files[i], "status": "bad", "model": plan.model,
+                                     "settings": plan.settings, "run": plan.run, "error": problem[:1000]})
+                    continue
+                labels = predictor(image, plan.files[i])
+                pending.append(pool.submit(_finish_one, out, i, plan, image.permute(1, 2, 0).numpy(), labels, ck,
+                                           cfg.overlay, formats, manifest, parts))
+                while len(pending) > 4:  # bound the images held for writing (a folder of 24 MP photos)
+                    pending.pop(0).result()
+            for f in pending:
+                f.result()
+    finally:
+        manifest.close()
+        if parts is not None:
+            parts.close()
     dt = time.perf_counter() - t0
-    if skipped:
-        log.warning("skipped %d of %d images that could not be read (skip_bad)", len(skipped), len(files))
-    done = len(files) - len(skipped)
-    return {"images": done, "skipped": len(skipped), "seconds": dt, "images_per_s": done / dt}
+    if bad:
+        log.warning("skipped %d of %d images that could not be read (skip_bad)", bad, len(mine))
+    counts = _gather({"images": len(mine) - bad, "skipped": bad, "seconds": dt})  # every process's
+    if rank == 0:
+        _merge(out, plan, formats)
+    return _summary(counts, plan, world)
+
+
+def _summary(counts: list[dict[str, Any]], plan: _Plan, processes: int) -> dict[str, Any]:
+    """The result of :func:`run_predict` from every process's (or actor's) counts."""
+    done, dt = sum(c["images"] for c in counts), max((c["seconds"] for c in counts), default=0.0)
+    return {"images": done, "skipped": sum(c["skipped"] for c in counts), "resumed": plan.resumed, "seconds": dt,
+            "images_per_s": done / dt if dt > 0 else 0.0, "processes": processes}
+
+
+def _settings(cfg: PredictConfig) -> str:
+    return (f"engine={cfg.engine} precision={cfg.precision} flip={int(cfg.flip)} window={cfg.window} "
+            f"shift_and_stitch={cfg.shift_and_stitch}")
+
+
+def _fingerprint(ck: Checkpoint, cfg: PredictConfig) -> str:
+    """sha256 of the checkpoint file (and the ONNX file that scores); of the loaded weights when no file."""
+    onnx = cfg.onnx_file if cfg.engine == "onnxruntime" and cfg.onnx_file else None
+    if cfg.checkpoint and Path(cfg.checkpoint).is_file():
+        return model_fingerprint(cfg.checkpoint, onnx)
+    h = hashlib.sha256(ck.model_name.encode())
+    for k in sorted(ck.state_dict):
+        h.update(k.encode())
+        h.update(ck.state_dict[k].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return f"weights:{h.hexdigest()}" + (f"+{model_fingerprint(onnx)}" if onnx else "")
+
+
+def _manifests(out: Path) -> list[Path]:
+    return [out / MANIFEST, *sorted(out.glob("manifest.*.jsonl"))]  # the processes' (rank<k>) and actors' parts
+
+
+def _rle_parts(out: Path) -> list[Path]:
+    return sorted(out.glob("predictions.*.jsonl"))
+
+
+def _read_manifests(out: Path) -> dict[str, dict[str, Any]]:
+    """``{file: its latest record}`` over ``manifest.jsonl`` and the unmerged parts (``manifest.rank<k>``):
+    the record of the highest run wins (within a run, the last)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for path in _manifests(out):
+        for r in read_jsonl(path):
+            f = r.get("file")
+            if isinstance(f, str) and int(r.get("run", 0)) >= int(latest.get(f, {}).get("run", 0)):
+                latest[f] = r
+    return latest
+
+
+def _rle_index(out: Path) -> dict[str, dict[int | None, tuple[Path, int, int]]]:
+    """Where each file's RLE records are: ``{file: {run: (path, offset, length)}}``; run None for the merged
+    ``predictions.jsonl`` (whose records are those of each file's latest finished run when merged)."""
+    index: dict[str, dict[int | None, tuple[Path, int, int]]] = {}
+    for path in [out / PREDICTIONS, *_rle_parts(out)]:
+        merged = path.name == PREDICTIONS
+        for r, offset, length in read_jsonl(path, with_offsets=True):
+            if isinstance(r.get("file"), str):
+                index.setdefault(r["file"], {})[None if merged else int(r.get("run", 0))] = (path, offset, length)
+    return index
+
+
+def _rle_of(index: dict[str, dict[int | None, tuple[Path, int, int]]], record: dict[str, Any] | None,
+            ) -> tuple[Path, int, int] | None:
+    """The RLE line of a file whose latest manifest ``record`` is done with format rle, else None."""
+    if record is None or record.get("status") != "done" or "rle" not in record.get("formats", ()):
+        return None
+    runs = index.get(record["file"], {})
+    return runs.get(int(record.get("run", 0)), runs.get(None))
+
+
+def _make_plan(ck: Checkpoint, cfg: PredictConfig, formats: tuple[str, ...]) -> _Plan:
+    """Rank 0's checks and decisions before any work: inputs, output folder, model hash, what to skip."""
+    keyed = collect_keyed_inputs(cfg.inputs)
+    out = check_output_dir(cfg.out_dir, option="out_dir", overwrite=cfg.overwrite, allow_existing=cfg.resume,
+                           create=True)
+    files, keys = [str(p) for p, _ in keyed], [k for _, k in keyed]
+    stems = output_stems([p for p, _ in keyed])
+    model, settings = _fingerprint(ck, cfg), _settings(cfg)
+    if not cfg.resume:  # a new job: the bookkeeping of an earlier one (overwrite) would mislead a resume
+        for path in [*_manifests(out), *_rle_parts(out), out / PREDICTIONS]:
+            if "rle" in formats or path.name != PREDICTIONS:
+                path.unlink(missing_ok=True)
+        return _Plan(files, keys, stems, list(range(len(files))), 0, model, settings, 1)
+    remove_stale_temp_files(out)  # a killed run's half-written PNGs
+    latest = _read_manifests(out)
+    run = 1 + max((int(r.get("run", 0)) for r in latest.values()), default=0)
+    index = _rle_index(out) if "rle" in formats else {}
+    todo, other_model = [], 0
+    for i, (f, stem) in enumerate(zip(files, stems, strict=True)):
+        r = latest.get(f)
+        same = r is not None and r.get("status") == "done" and r.get("model") == model \
+            and r.get("settings") == settings
+        if same and "png" in formats:
+            same = "png" in r.get("formats", ()) and all(_nonempty(out / n) for n in png_names(stem, ck, cfg.overlay))
+        if same and "rle" in formats:
+            same = _rle_of(index, r) is not None
+        if not same:
+            todo.append(i)
+            other_model += r is not None and r.get("status") == "done" and r.get("model") != model
+    with AppendLog(out / MANIFEST) as manifest:  # outputs about to be replaced are no longer done
+        for i in todo:
+            if latest.get(files[i], {}).get("status") == "done":
+                manifest.append({"file": files[i], "status": "redo", "run": run})
+    if other_model:
+        log.warning("%d inputs were predicted by another checkpoint: predicting them again", other_model)
+    log.info("resume: %d of %d inputs done before, %d to predict", len(files) - len(todo), len(files), len(todo))
+    return _Plan(files, keys, stems, todo, len(files) - len(todo), model, settings, run)
+
+
+def _nonempty(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
+
+
+def _finish_one(out: Path, i: int, plan: _Plan, rgb: np.ndarray, labels: np.ndarray, ck: Checkpoint,
+                overlay: bool, formats: tuple[str, ...], manifest: AppendLog, parts: AppendLog | None) -> None:
+    """One image's outputs, then its manifest line: a line says done only once every output is in place."""
+    if "png" in formats:
+        _write(out, plan.stems[i], rgb, labels, ck, overlay)
+    if parts is not None:
+        parts.append({**rle_record(plan.files[i], labels, ck), "run": plan.run})
+    manifest.append({"file": plan.files[i], "status": "done", "model": plan.model, "settings": plan.settings,
+                     "run": plan.run, "formats": list(formats)})
+
+
+def _merge(out: Path, plan: _Plan, formats: tuple[str, ...]) -> None:
+    """Rank 0 at the end: the processes' manifests appended to ``manifest.jsonl``, and (format rle) the records
+    of every input done into ``predictions.jsonl``, in input order, atomically; then the parts are deleted. A
+    kill in between leaves duplicates that the next read resolves by run."""
+    ranked = _manifests(out)[1:]
+    if ranked:
+        with AppendLog(out / MANIFEST) as manifest:
+            for path in ranked:
+                for r in read_jsonl(path):
+                    manifest.append(r)
+        for path in ranked:
+            path.unlink(missing_ok=True)
+    if "rle" not in formats:
+        return
+    latest, index = _read_manifests(out), _rle_index(out)
+
+    def write(f: Any) -> None:
+        handles: dict[Path, Any] = {}
+        try:
+            for file in plan.files:
+                where = _rle_of(index, latest.get(file))
+                if where is None:
+                    continue
+                path, offset, length = where
+                src = handles.get(path) or handles.setdefault(path, open(path, "rb"))  # noqa: SIM115
+                src.seek(offset)
+                record = json.loads(src.read(length))
+                record.pop("run", None)  # the parts' bookkeeping, not the format's
+                f.write((json.dumps(record) + "\n").encode())
+        finally:
+            for h in handles.values():
+                h.close()
+
+    atomic_write(out / PREDICTIONS, write, option="out_dir")
+    for path in _rle_parts(out):
+        path.unlink(missing_ok=True)
+
+
+def _gather(counts: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every process's ``counts`` (through the process group); ``[counts]`` in one process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [counts]
+    got: list[Any] = [None] * dist.get_world_size()
+    with collective("gathering the counts of predict"):
+        dist.all_gather_object(got, counts)
+    return got
 
 
 def _first(batch: list[Any]) -> Any:

@@ -48,7 +48,8 @@ def _refusal(why: str) -> dict[str, Any]:
 
 # What the OpenAPI schema (and so the HTTP reference) says each refusal is; app.py's module docstring is the rule.
 _SEGMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "the label PNG (`labels`), the overlay PNG (`overlay`) or JSON (`json`)",
+    200: {"description": "the label PNG (`labels`), the overlay PNG (`overlay`), JSON (`json`) or JSON with each "
+                         "class's COCO run-length mask (`rle`)",
           "content": {"image/png": {}, "application/json": {}}},
     400: _refusal("malformed request (a multipart body without a field named `file`)"),
     413: _refusal("body larger than the server's byte limit"),
@@ -102,11 +103,13 @@ _SEGMENT_BODY = {"required": True, "description": "one image: raw bytes with an 
 
 @router.post("/v1/segment", responses=_SEGMENT_RESPONSES, openapi_extra={"requestBody": _SEGMENT_BODY})
 async def segment(request: Request, fmt: str | None = Query(None, alias="format",
-                                                            description="labels, overlay or json")) -> Response:
+                                                            description="labels, overlay, json or rle")) -> Response:
     """Segment one image: a raw body (``Content-Type: image/...``) or a multipart field ``file``.
 
     Returns the palette label PNG at the image's size (``labels``, the default), the overlay PNG with a legend
-    (``overlay``) or JSON with the classes present, their pixel counts and shares (``json``); chosen by
+    (``overlay``), JSON with the classes present, their pixel counts and shares (``json``), or JSON with each
+    class present's pixels and COCO run-length mask (``rle``: ``{"model", "height", "width", "classes": [{"id",
+    "name", "pixels", "rle": {"size": [H, W], "counts"}}], ...}``, pycocotools' compressed counts); chosen by
     ``?format=`` or else by ``Accept``. PNG answers carry the timings in ``Server-Timing``.
     """
     service = _service(request)

@@ -1,7 +1,8 @@
 """One model behind the API: loading and warm-up, then decode -> batched predict -> encode for each request.
 
 LitServe's split: ``decode`` (bytes -> uint8 image, by :func:`fcnseg.io.read_image`, the project's one image
-reader), ``predict`` (the :class:`~fcnseg.serve.batcher.Batcher`), ``encode`` (label PNG, overlay PNG or JSON).
+reader), ``predict`` (the :class:`~fcnseg.serve.batcher.Batcher`), ``encode`` (label PNG, overlay PNG, JSON, or JSON
+with each class's COCO run-length mask).
 Decoding and encoding run in threads so the event loop only moves bytes; the model runs on the batcher's thread.
 """
 
@@ -25,6 +26,7 @@ from ..checkpoint import load_checkpoint
 from ..errors import ConfigError
 from ..io import DataError, read_image
 from ..predict import check_label_range, overlay_image, palette_image
+from ..rle import encode_labels
 from .batcher import Batcher, BatcherClosed, BatchResult, QueueFull
 from .config import ServeConfig
 from .errors import ApiError, client_message
@@ -35,7 +37,7 @@ __all__ = ["Service", "FORMATS", "choose_format"]
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("labels", "overlay", "json")
+FORMATS = ("labels", "overlay", "json", "rle")
 WARMUP_SIZE = (360, 480)  # (H, W): a VGA-class frame, so the first real request does not pay for first-call setup
 _PNG_LEVEL = 1  # zlib level 1: a few percent larger than level 6 and several times faster (as `fcnseg predict`)
 
@@ -44,12 +46,13 @@ def choose_format(query: str | None, accept: str | None) -> str:
     """The response format: ``?format=`` if given, else from ``Accept``.
 
     ``Accept``: ``application/json`` -> json; ``image/png``, ``image/*``, ``*/*`` or no header -> labels, in
-    the client's order of preference (q-values). The overlay is asked for with ``?format=overlay``.
+    the client's order of preference (q-values). The overlay is asked for with ``?format=overlay``, the COCO
+    run-length masks (JSON) with ``?format=rle``.
     Raises :class:`ApiError` 400 for an unknown ``format``, 406 for an ``Accept`` that allows none of these.
     """
     if query is not None:
         if query not in FORMATS:
-            raise ApiError(400, f"unknown format {query!r}: choose labels, overlay or json")
+            raise ApiError(400, f"unknown format {query!r}: choose {', '.join(FORMATS[:-1])} or {FORMATS[-1]}")
         return query
     if not accept:
         return "labels"
@@ -223,6 +226,14 @@ class Service:
         """The response body; adds ``encode`` and ``total`` (since ``t_request``) to ``timing`` (ms)."""
         t0 = time.perf_counter()
         labels = result.labels  # uint8 (H, W)
+        if fmt == "rle":  # the record of `fcnseg predict --format rle`, without "file"
+            h, w = labels.shape
+            classes = encode_labels(labels, self.ck.classes)
+            end = time.perf_counter()
+            timing.update(encode=(end - t0) * 1000, total=(end - t_request) * 1000)
+            body = {"model": self.ck.model_name, "height": h, "width": w, "classes": classes,
+                    "batch_size": result.batch_size, "timing_ms": timing}
+            return Encoded(json.dumps(body).encode(), "application/json", timing)
         if fmt == "json":
             h, w = labels.shape
             counts = np.bincount(labels.ravel(), minlength=len(self.ck.classes))
