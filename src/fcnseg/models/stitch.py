@@ -117,11 +117,10 @@ def _stages_for(model: FCN, factor: int) -> list[Stage]:
     if factor < 1 or stride % factor:
         raise ConfigError(f"shift-and-stitch factor {factor} does not divide the net's output stride {stride}",
                           fix=_FIX)
-    in_ch = _input_channels(model.encoder)
-    chosen = [st for st in subsampling_stages(model.encoder, in_ch)
-              if st.input_stride * st.stride <= stride and st.input_stride >= stride // factor]
+    stages = subsampling_stages(model.encoder, _input_channels(model.encoder))
+    chosen = [st for st in stages if st.input_stride * st.stride <= stride and st.input_stride >= stride // factor]
     if math.prod(st.stride for st in chosen) != factor:
-        strides = [st.stride for st in subsampling_stages(model.encoder, in_ch)]
+        strides = [st.stride for st in stages]
         raise ConfigError(f"shift-and-stitch factor {factor} is not a product of whole subsampling steps of "
                           f"the net (strides {strides} in order, output stride {stride})", fix=_FIX)
     return chosen
