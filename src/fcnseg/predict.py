@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import posixpath
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,7 @@ from PIL import Image, ImageDraw
 from torch import distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
+from . import remote
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import PredictConfig
 from .distributed import CHECKS_TIMEOUT_S, collective, init_distributed, on_main
@@ -40,6 +42,7 @@ from .manifest import MANIFEST, AppendLog, model_fingerprint, read_jsonl
 from .models import head_labels
 from .outputs import atomic_write, check_output_dir, remove_stale_temp_files
 from .progress import Progress
+from .remote import is_url
 from .rle import encode_labels
 from .scorer import Scorer, ScorerSpec, make_scorer
 
@@ -56,39 +59,66 @@ PREDICTIONS = "predictions.jsonl"
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files named directly or found (recursively) in folders, in a stable order.
+    """Local image files named directly or found (recursively) in folders, in a stable order.
 
     A folder's files are taken when Pillow opens their suffix (:data:`fcnseg.io.IMAGE_EXTENSIONS`); other
-    files are reported in one log line, never skipped silently.
+    files are reported in one log line, never skipped silently. A URL is refused here (``predict`` takes URLs:
+    :func:`collect_keyed_inputs`).
     """
-    return [path for path, _ in collect_keyed_inputs(inputs)]
+    urls = [str(i) for i in inputs if is_url(str(i))]
+    if urls:
+        raise DataError(f"{urls[0]}: a URL where local image files are needed", path=urls[0],
+                        fix="download the images and pass their folder")
+    return [Path(f) for f, _ in collect_keyed_inputs(inputs)]
 
 
-def collect_keyed_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
-    """:func:`collect_inputs` with each file's key: its path relative to the folder it was found in (POSIX),
-    or its name when named directly. The key, not the full path, chooses a process's share
-    (:func:`shard_of`), so the shares do not change where the folder is mounted or when files are added."""
-    files: list[tuple[Path, str]] = []
-    for item in map(Path, inputs):
+def collect_keyed_inputs(inputs: Sequence[str | Path]) -> list[tuple[str, str]]:
+    """Every input image as ``(name, key)``: image files named directly or found (recursively) in folders, and
+    URLs (:mod:`fcnseg.remote`: a folder URL is listed the same way), in a stable order. ``name`` is the local
+    path or the URL; the key is its path relative to the folder it was found in (POSIX), or its name when
+    named directly. The key, not the full path, chooses a process's share (:func:`shard_of`), so the shares do
+    not change where the folder is mounted or when files are added."""
+    files: list[tuple[str, str]] = []
+    for raw in inputs:
+        if is_url(str(raw)):
+            found_urls, others_urls = remote.list_images(str(raw))
+            _found_in(str(raw), found_urls, others_urls, [posixpath.splitext(u)[1] or posixpath.basename(u)
+                                                          for u in others_urls])
+            files += found_urls
+            continue
+        item = Path(raw)
         if item.is_dir():
             entries = sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith("."))
             found = [p for p in entries if is_image_file(p)]
             others = [p for p in entries if not is_image_file(p)]
-            if others:
-                suffixes = sorted({p.suffix or p.name for p in others})
-                log.warning("%s: skipping %d files that are not images (%s)", item, len(others),
-                            ", ".join(suffixes[:6]) + (", ..." if len(suffixes) > 6 else ""))
-            if not found:
-                raise DataError(f"folder {item} holds no images (e.g. .png, .jpg, .tif, .gif, .webp)", path=item,
-                                fix="pass image files or folders of images as {inputs}")
-            files += [(p, p.relative_to(item).as_posix()) for p in found]
+            _found_in(str(item), found, others, [p.suffix or p.name for p in others])
+            files += [(str(p), p.relative_to(item).as_posix()) for p in found]
         elif item.is_file():
-            files.append((item, item.name))
+            files.append((str(item), item.name))
         else:
             raise DataError(f"input {item} does not exist", path=item, fix="pass image files or folders as {inputs}")
     if not files:
         raise DataError("no input images given", fix="pass image files or folders as {inputs}")
     return files
+
+
+def _found_in(folder: str, found: Sequence[object], others: Sequence[object], suffixes: Sequence[str]) -> None:
+    """One log line for a folder's files that are not images; a DataError when it holds no image."""
+    if others:
+        kinds = sorted(set(suffixes))
+        log.warning("%s: skipping %d files that are not images (%s)", folder, len(others),
+                    ", ".join(kinds[:6]) + (", ..." if len(kinds) > 6 else ""))
+    if not found:
+        raise DataError(f"folder {folder} holds no images (e.g. .png, .jpg, .tif, .gif, .webp)", path=folder,
+                        fix="pass image files or folders of images as {inputs}")
+
+
+def read_input(name: str, *, max_pixels: int) -> torch.Tensor:
+    """uint8 (3, H, W) RGB tensor of an input: a local path, or a URL read whole (:func:`fcnseg.remote.read_bytes`)
+    and decoded under its name, by :func:`fcnseg.io.read_image` in both cases."""
+    if is_url(name):
+        return read_image(remote.named_stream(remote.read_bytes(name), name), max_pixels=max_pixels)
+    return read_image(name, max_pixels=max_pixels)
 
 
 def shard_of(key: str, world: int) -> int:
@@ -97,17 +127,18 @@ def shard_of(key: str, world: int) -> int:
     return int.from_bytes(hashlib.sha1(key.encode("utf-8", "surrogateescape")).digest()[:8], "big") % world
 
 
-def output_stems(files: Sequence[Path]) -> list[str]:
+def output_stems(files: Sequence[str | Path]) -> list[str]:
     """The output name (stem) of each input: its stem, with ``_1``, ``_2``... where an earlier input (in
     order) has the same stem (the same name in two folders: both kept). Decided over the whole list, so every
     process of a sharded run and every resumed run names each input alike."""
     used: set[str] = set()
     stems = []
     for path in files:
-        name, n = path.stem, 0
+        stem = remote.url_stem(path) if is_url(path) else Path(path).stem
+        name, n = stem, 0
         while name in used or f"{name}_overlay" in used:
             n += 1
-            name = f"{path.stem}_{n}"
+            name = f"{stem}_{n}"
         used.update((name, f"{name}_overlay"))
         stems.append(name)
     return stems
@@ -147,7 +178,7 @@ def rle_record(file: str, labels: np.ndarray, ck: Checkpoint) -> dict[str, Any]:
 class _Images(Dataset):
     """Decoded images by index; a bad file gives ``(None, i, message)`` when ``skip_bad``, else raises."""
 
-    def __init__(self, files: list[Path], max_pixels: int, skip_bad: bool):
+    def __init__(self, files: list[str], max_pixels: int, skip_bad: bool):
         self.files, self.max_pixels, self.skip_bad = files, max_pixels, skip_bad
 
     def __len__(self) -> int:
@@ -155,7 +186,7 @@ class _Images(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str]:
         try:
-            return read_image(self.files[i], max_pixels=self.max_pixels), i, ""  # uint8 (3, H, W)
+            return read_input(self.files[i], max_pixels=self.max_pixels), i, ""  # uint8 (3, H, W)
         except DataError as e:
             if not self.skip_bad:
                 raise DataError(e.what, path=e.path, fix=(f"{e.fix}, or " if e.fix else "") +
@@ -350,7 +381,7 @@ def predict_files(ck: Checkpoint, cfg: PredictConfig, *, progress: bool = True) 
     out = Path(cfg.out_dir)
     mine = [i for i in plan.todo if world == 1 or shard_of(plan.keys[i], world) == rank]
     predictor = Predictor(spec.build(), tile_pixels=cfg.tile_pixels)
-    loader = DataLoader(_Images([Path(plan.files[i]) for i in mine], cfg.max_pixels, cfg.skip_bad), batch_size=1,
+    loader = DataLoader(_Images([plan.files[i] for i in mine], cfg.max_pixels, cfg.skip_bad), batch_size=1,
                         num_workers=cfg.workers, collate_fn=_first)
     bad = 0
     t0 = time.perf_counter()
@@ -459,8 +490,8 @@ def _make_plan(ck: Checkpoint, cfg: PredictConfig, formats: tuple[str, ...]) -> 
     keyed = collect_keyed_inputs(cfg.inputs)
     out = check_output_dir(cfg.out_dir, option="out_dir", overwrite=cfg.overwrite, allow_existing=cfg.resume,
                            create=True)
-    files, keys = [str(p) for p, _ in keyed], [k for _, k in keyed]
-    stems = output_stems([p for p, _ in keyed])
+    files, keys = [f for f, _ in keyed], [k for _, k in keyed]
+    stems = output_stems(files)
     model, settings = _fingerprint(ck, cfg), _settings(cfg)
     if not cfg.resume:  # a new job: the bookkeeping of an earlier one (overwrite) would mislead a resume
         for path in [*_manifests(out), *_rle_parts(out), out / PREDICTIONS]:

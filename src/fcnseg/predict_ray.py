@@ -2,17 +2,19 @@
 
 The driver (this process) makes the plan that a plain run makes (:func:`fcnseg.predict._make_plan`: inputs,
 output folder, checkpoint hash, what ``resume`` skips) and merges at the end (:func:`fcnseg.predict._merge`).
-In between, a Ray dataset of the inputs to do streams through ``map_batches`` to ``ray_actors`` actors, each
-holding the model (:class:`_Actor`): an actor reads an image with :func:`fcnseg.io.read_image` (the one image
-reader), predicts it with :class:`fcnseg.predict.Predictor`, writes its outputs atomically and appends its
-manifest line to a part of its own (``manifest.ray-<id>.jsonl``; RLE records to ``predictions.ray-<id>.jsonl``),
-and returns one row of counts to the driver, which shows progress. Ray Data streams with backpressure, so the
-driver holds counts, not images.
+In between, Ray Data reads the inputs to do (``ray.data.read_binary_files``: local paths, and URLs through
+pyarrow's file systems or fsspec's, :func:`_read_groups`) and streams their bytes through ``map_batches`` to
+``ray_actors`` actors, each holding the model (:class:`_Actor`): an actor decodes an image with
+:func:`fcnseg.io.read_image` (the one image reader), predicts it with :class:`fcnseg.predict.Predictor`, writes
+its outputs atomically and appends its manifest line to a part of its own (``manifest.ray-<id>.jsonl``; RLE
+records to ``predictions.ray-<id>.jsonl``), and returns one row of counts to the driver, which shows progress.
+Ray Data streams with backpressure, so neither the driver nor the object store holds the whole job's images.
 
 A worker that dies is restarted by Ray and its block done again: the outputs are written atomically under the
 same names, and a duplicate manifest line or RLE record is resolved when read (one record per input), so the
 folder ends with every output once. The output folder must be one every node sees (a shared file system);
-inputs are local paths, read by the actors, so they too must be visible to every node.
+local inputs are read by Ray's read tasks on any node, so they too must be visible to every node (URLs are
+read from wherever a task runs). With ``skip_bad`` an input gone before Ray reads it is listed as bad.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import ConfigError, DataError, FcnsegError, MissingDependency
+from .errors import ConfigError, DataError, FcnsegError, MissingDependency, PredictionError, StateError
 from .progress import Progress
 
 if TYPE_CHECKING:
@@ -78,7 +80,8 @@ def _init_ray(address: str, actors: int) -> bool:
 class _Actor:
     """One model on a Ray worker: ``batch`` of ``{"i": index in the plan}`` -> counts rows."""
 
-    def __init__(self, ck: Checkpoint, cfg: PredictConfig, plan: _Plan, formats: tuple[str, ...]):
+    def __init__(self, ck: Checkpoint, cfg: PredictConfig, plan: _Plan, formats: tuple[str, ...],
+                 where: dict[str, list[int]]):
         from .manifest import AppendLog
         from .predict import Predictor
         from .scorer import ScorerSpec
@@ -87,6 +90,7 @@ class _Actor:
                           device=cfg.device, flip=cfg.flip, window=cfg.window, shift_and_stitch=cfg.shift_and_stitch)
         self.predictor = Predictor(spec.build(), tile_pixels=cfg.tile_pixels)
         self.ck, self.cfg, self.plan, self.formats = ck, cfg, plan, formats
+        self.where = where  # {name as Ray Data gives it back: indices in the plan}
         self.out = Path(cfg.out_dir)
         tag = f"ray-{uuid.uuid4().hex[:12]}"  # one part per actor (a restarted one gets a new part)
         self.manifest = AppendLog(self.out / f"manifest.{tag}.jsonl", sync_every=20, sync_s=2.0)
@@ -94,41 +98,54 @@ class _Actor:
             if "rle" in formats else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Counts of the batch's images (``images``, ``skipped``, ``seconds``), and ``error``: "" or a refusal
-        (an :class:`~fcnseg.errors.FcnsegError`, pickled, as hex), which the driver raises: Ray's own wrapping
-        of an exception loses it."""
+        """Counts of the batch's images (``i``: index in the plan, ``images``, ``skipped``, ``seconds``) from its
+        rows (``path`` and ``bytes``, as Ray Data read them), and ``error``: "" or a refusal (an
+        :class:`~fcnseg.errors.FcnsegError`, pickled, as hex), which the driver raises: Ray's own wrapping of an
+        exception loses it."""
         try:
-            out = self._predict(batch["i"].tolist())
+            out = self._predict(list(batch["path"]), list(batch["bytes"]))
         except FcnsegError as e:
-            return {"images": np.zeros(1, np.int64), "skipped": np.zeros(1, np.int64), "seconds": np.zeros(1),
+            return {"i": np.full(1, -1, np.int64), "images": np.zeros(1, np.int64),
+                    "skipped": np.zeros(1, np.int64), "seconds": np.zeros(1),
                     "error": np.asarray([pickle.dumps(e).hex()])}
         return {**out, "error": np.asarray([""] * len(out["images"]))}
 
-    def _predict(self, indices: list[int]) -> dict[str, np.ndarray]:
+    def _indices(self, path: str) -> list[int]:
+        try:
+            return self.where[_ray_key(path)]
+        except KeyError:
+            raise StateError(f"Ray read {path}, which is not among the inputs",
+                             fix="report this with --debug: the path was changed on its way through Ray") from None
+
+    def _predict(self, paths: list[str], data: list[bytes]) -> dict[str, np.ndarray]:
         from .io import read_image
         from .predict import _finish_one
+        from .remote import named_stream
 
         plan, cfg = self.plan, self.cfg
-        rows: list[tuple[int, int, float]] = []  # (written, bad, seconds) of each image
-        for i in indices:
+        rows: list[tuple[int, int, int, float]] = []  # (index, written, bad, seconds) of each image
+        for path, raw in zip(paths, data, strict=True):
+            first, *again = self._indices(str(path))
             t0 = time.perf_counter()
             try:
-                image = read_image(plan.files[i], max_pixels=cfg.max_pixels)  # uint8 (3, H, W)
+                image = read_image(named_stream(bytes(raw), plan.files[first]), max_pixels=cfg.max_pixels)
             except DataError as e:
                 if not cfg.skip_bad:
                     raise e.with_fix("turn on {skip_bad} to skip such images") from None
-                self.manifest.append({"file": plan.files[i], "status": "bad", "model": plan.model,
-                                      "settings": plan.settings, "run": plan.run, "error": str(e)[:1000]})
-                rows.append((0, 1, time.perf_counter() - t0))
+                for i in (first, *again):
+                    self.manifest.append({"file": plan.files[i], "status": "bad", "model": plan.model,
+                                          "settings": plan.settings, "run": plan.run, "error": str(e)[:1000]})
+                    rows.append((i, 0, 1, time.perf_counter() - t0))
                 continue
-            labels = self.predictor(image, plan.files[i])
-            _finish_one(self.out, i, plan, image.permute(1, 2, 0).numpy(), labels, self.ck, cfg.overlay,
-                        self.formats, self.manifest, self.parts)
+            labels = self.predictor(image, plan.files[first])
+            for i in (first, *again):  # the same file under each name it was given
+                _finish_one(self.out, i, plan, image.permute(1, 2, 0).numpy(), labels, self.ck, cfg.overlay,
+                            self.formats, self.manifest, self.parts)
+                rows.append((i, 1, 0, time.perf_counter() - t0))
             _test_exit_once()
-            rows.append((1, 0, time.perf_counter() - t0))
-        done, bad, seconds = zip(*rows, strict=True) if rows else ((), (), ())
-        return {"images": np.asarray(done, dtype=np.int64), "skipped": np.asarray(bad, dtype=np.int64),
-                "seconds": np.asarray(seconds, dtype=np.float64)}
+        index, done, bad, seconds = zip(*rows, strict=True) if rows else ((), (), (), ())
+        return {"i": np.asarray(index, dtype=np.int64), "images": np.asarray(done, dtype=np.int64),
+                "skipped": np.asarray(bad, dtype=np.int64), "seconds": np.asarray(seconds, dtype=np.float64)}
 
     def __del__(self) -> None:  # Ray ends actors without a call: fsync what was appended
         for log_ in (getattr(self, "manifest", None), getattr(self, "parts", None)):
@@ -155,34 +172,120 @@ def _test_exit_once() -> None:
         os._exit(1)
 
 
+_PYARROW_SCHEMES = frozenset({"file", "s3", "s3a", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "http", "https"})
+"""URL schemes that Ray Data resolves itself (pyarrow's file systems; http(s) through fsspec); the others are
+read through fsspec's file system for the scheme, wrapped for pyarrow."""
+
+
+def _ray_path(name: str) -> str:
+    """How an input is named to Ray Data: an absolute path for a local file (a read task may run elsewhere)."""
+    from .remote import is_url
+
+    return name if is_url(name) else os.path.abspath(name)
+
+
+def _ray_key(path: str) -> str:
+    """A name as Ray Data gives it back in ``path``: without its scheme (``file:///a`` -> ``/a``, ``s3://b/k``
+    -> ``b/k``), except http(s) URLs, which it keeps whole."""
+    from .remote import is_url, scheme
+
+    if is_url(path) and scheme(path) not in ("http", "https"):
+        return path.split("://", 1)[1]
+    return path
+
+
+def _read_groups(plan: _Plan) -> tuple[list[tuple[list[str], Any]], dict[str, int]]:
+    """``[(paths, filesystem)]`` of ``plan.todo``, one ``read_binary_files`` call each (``filesystem`` None where
+    Ray resolves the paths itself: local, pyarrow's schemes, http; else fsspec's for the scheme, in a pyarrow
+    ``PyFileSystem``), and ``{name as Ray gives it back: indices in the plan}``: a file named twice (a path and its
+    ``file://`` URL) is read once and written under each of its output names, as a plain run does."""
+    from .remote import filesystem, is_url, scheme
+
+    groups: dict[str, tuple[list[str], Any]] = {}
+    where: dict[str, list[int]] = {}
+    for i in plan.todo:
+        name = plan.files[i]
+        kind = scheme(name) if is_url(name) and scheme(name) not in _PYARROW_SCHEMES else ""
+        if kind and kind not in groups:
+            from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+            groups[kind] = ([], PyFileSystem(FSSpecHandler(filesystem(name)[0])))
+        path = filesystem(name)[1] if kind else _ray_path(name)
+        if _ray_key(path) in where:
+            where[_ray_key(path)].append(i)
+            continue
+        groups.setdefault(kind, ([], None))[0].append(path)
+        where[_ray_key(path)] = [i]
+    return list(groups.values()), where
+
+
 def predict_on_ray(ck: Checkpoint, cfg: PredictConfig, plan: _Plan, formats: tuple[str, ...], *,
                    progress: bool = True) -> list[dict[str, Any]]:
     """Predict ``plan.todo`` on Ray actors; returns one counts entry (``images``, ``skipped``, ``seconds``:
-    wall time on the driver) for :func:`fcnseg.predict._summary`. Stops Ray afterwards if it started it."""
+    wall time on the driver) for :func:`fcnseg.predict._summary`. Stops Ray afterwards if it started it.
+
+    With ``skip_bad``, an input that Ray Data did not find when it read (gone since it was listed) is listed as
+    bad by the driver at the end."""
     import ray
     import ray.data
 
     started = _init_ray(cfg.ray, cfg.ray_actors)
     t0 = time.perf_counter()
     images = skipped = 0
+    seen = np.zeros(len(plan.files), dtype=bool)
     try:
         if plan.todo:
             gpu = cfg.device.startswith("cuda")
-            ds = ray.data.from_items([{"i": i} for i in plan.todo], override_num_blocks=min(len(plan.todo), 200))
-            rows = ds.map_batches(_Actor, fn_constructor_args=(ck, cfg, plan, formats), batch_size=1,
+            ds, (groups, where) = None, _read_groups(plan)
+            for paths, fs in groups:
+                part = ray.data.read_binary_files(paths, include_paths=True, filesystem=fs,
+                                                  ignore_missing_paths=cfg.skip_bad, num_cpus=0,
+                                                  override_num_blocks=min(len(paths), max(200, len(paths) // 20)))
+                ds = part if ds is None else ds.union(part)
+            rows = ds.map_batches(_Actor, fn_constructor_args=(ck, cfg, plan, formats, where), batch_size=1,
                                   compute=ray.data.ActorPoolStrategy(size=cfg.ray_actors),
                                   num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0)
             with Progress(len(plan.todo), "predict", "img", enabled=progress) as bar:
-                for batch in rows.iter_batches(batch_size=None, prefetch_batches=1):
-                    refusals = [x for x in batch["error"].tolist() if x]
-                    if refusals:
-                        raise pickle.loads(bytes.fromhex(refusals[0]))
-                    images += int(np.sum(batch["images"]))
-                    skipped += int(np.sum(batch["skipped"]))
-                    bar.update(len(batch["images"]))
+                try:
+                    for batch in rows.iter_batches(batch_size=None, prefetch_batches=1):
+                        refusals = [x for x in batch["error"].tolist() if x]
+                        if refusals:
+                            raise pickle.loads(bytes.fromhex(refusals[0]))
+                        seen[batch["i"]] = True
+                        images += int(np.sum(batch["images"]))
+                        skipped += int(np.sum(batch["skipped"]))
+                        bar.update(len(batch["images"]))
+                except FcnsegError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - Ray's errors (a read that failed, a cluster lost)
+                    raise PredictionError(f"the Ray job failed: {_last_line(e)}",
+                                          fix="run again with --debug for Ray's report; --resume does only the "
+                                              "rest") from e
+            missing = [i for i in plan.todo if not seen[i]]
+            if missing:
+                _list_missing(Path(cfg.out_dir), plan, missing)
+                skipped += len(missing)
     finally:
         if started:
             ray.shutdown()
     if skipped:
         log.warning("skipped %d of %d images that could not be read (skip_bad)", skipped, len(plan.todo))
     return [{"images": images, "skipped": skipped, "seconds": time.perf_counter() - t0}]
+
+
+def _list_missing(out: Path, plan: _Plan, missing: list[int]) -> None:
+    """The inputs Ray Data skipped as missing (``skip_bad``): one bad line each in the driver's manifest part."""
+    from .manifest import AppendLog
+
+    with AppendLog(out / f"manifest.ray-driver-{uuid.uuid4().hex[:8]}.jsonl") as manifest:
+        for i in missing:
+            log.warning("skipping %s: not found when Ray read it", plan.files[i])
+            manifest.append({"file": plan.files[i], "status": "bad", "model": plan.model,
+                             "settings": plan.settings, "run": plan.run, "error": "not found when Ray read it"})
+
+
+def _last_line(e: BaseException) -> str:
+    """The last non-empty line of an error's text (Ray's errors carry the worker's whole traceback)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = lines[-1] if lines else type(e).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
