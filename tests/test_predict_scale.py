@@ -29,7 +29,7 @@ from fcnseg.normalization import IMAGENET
 from fcnseg.predict import output_stems, predict_files, shard_of
 from fcnseg.rle import counts_string, decode_counts, encode_labels, encode_mask, mask_counts
 
-from conftest import TINY
+from conftest import TINY, serve_folder
 
 mask_util = pytest.importorskip("pycocotools.mask")
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools on numpy 2
@@ -382,24 +382,27 @@ def test_serve_rle_decodes_to_the_label_png(data_root):
 # ---------------------------------------------------------------- --ray local
 
 
-@pytest.mark.slow
 def test_ray_local_cluster_writes_what_one_process_writes(data_root, tmp_path):
-    # A local cluster bound to 127.0.0.1, in a subprocess (Ray's processes end with it); the first actor to finish
-    # an image dies once (os._exit), and Ray's restart must leave every output once.
+    # A local cluster bound to 127.0.0.1, in a subprocess (Ray's processes end with it), reading a local folder and
+    # a folder served over HTTP on 127.0.0.1 through Ray Data; the first actor to finish an image dies once
+    # (os._exit), and Ray's restart must leave every output once.
     pytest.importorskip("ray.data")
-    folder = tmp_path / "val"
+    pytest.importorskip("aiohttp")
+    folder, www = tmp_path / "val", tmp_path / "www" / "val"
     folder.mkdir()
-    for p in camvid(data_root, 4):
-        shutil.copy(p, folder / p.name)
+    www.mkdir(parents=True)
+    for i, p in enumerate(camvid(data_root, 4)):
+        shutil.copy(p, (folder if i < 2 else www) / p.name)
     common = ["--checkpoint", str(CAMVID_CKPT), "--format", "png,rle", "--no-overlay", "--workers", "0",
               "--device", "cpu", "--quiet"]
-    single = tmp_path / "one"
-    assert main(["predict", str(folder), "-o", str(single), *common]) == 0
-    marker = tmp_path / "died"
-    cmd = [sys.executable, "-m", "fcnseg.cli", "predict", str(folder), "-o", str(tmp_path / "ray"), *common,
-           "--ray", "local", "--ray-actors", "2"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
-                       env={**env1(), "RAY_USAGE_STATS_ENABLED": "0", "FCNSEG_TEST_RAY_EXIT_ONCE": str(marker)})
+    single, marker = tmp_path / "one", tmp_path / "died"
+    with serve_folder(tmp_path / "www") as base:
+        inputs = [str(folder), base + "val/"]
+        assert main(["predict", *inputs, "-o", str(single), *common]) == 0
+        cmd = [sys.executable, "-m", "fcnseg.cli", "predict", *inputs, "-o", str(tmp_path / "ray"), *common,
+               "--ray", "local", "--ray-actors", "2"]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                           env={**env1(), "RAY_USAGE_STATS_ENABLED": "0", "FCNSEG_TEST_RAY_EXIT_ONCE": str(marker)})
     assert r.returncode == 0, r.stderr[-3000:]
     assert marker.exists()  # an actor did die
     assert "4 images in" in r.stdout, r.stdout
@@ -409,7 +412,8 @@ def test_ray_local_cluster_writes_what_one_process_writes(data_root, tmp_path):
         np.testing.assert_array_equal(ray_[name], one[name], err_msg=name)
     assert (tmp_path / "ray" / "predictions.jsonl").read_bytes() == (single / "predictions.jsonl").read_bytes()
     assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == sorted(p.name for p in single.iterdir())
-    assert set(read_manifest(tmp_path / "ray" / "manifest.jsonl")) == {str(p) for p in folder.iterdir()}
+    assert set(read_manifest(tmp_path / "ray" / "manifest.jsonl")) == \
+        {str(p) for p in folder.iterdir()} | {base + "val/" + p.name for p in www.iterdir()}
 
 
 def test_ray_missing_is_one_line_naming_the_extra(tiny_ckpts, small_images, tmp_path, capsys, monkeypatch):
@@ -421,7 +425,6 @@ def test_ray_missing_is_one_line_naming_the_extra(tiny_ckpts, small_images, tmp_
     assert not (tmp_path / "o").exists()  # refused before any work
 
 
-@pytest.mark.slow
 def test_ray_actor_refusal_is_one_line(tiny_ckpts, small_images, tmp_path):
     pytest.importorskip("ray.data")
     (small_images / "broken.png").write_bytes(b"not an image")

@@ -194,27 +194,32 @@ def _ray_key(path: str) -> str:
     return path
 
 
-def _read_groups(plan: _Plan) -> tuple[list[tuple[list[str], Any]], dict[str, int]]:
-    """``[(paths, filesystem)]`` of ``plan.todo``, one ``read_binary_files`` call each (``filesystem`` None where
-    Ray resolves the paths itself: local, pyarrow's schemes, http; else fsspec's for the scheme, in a pyarrow
-    ``PyFileSystem``), and ``{name as Ray gives it back: indices in the plan}``: a file named twice (a path and its
-    ``file://`` URL) is read once and written under each of its output names, as a plain run does."""
+def _read_groups(plan: _Plan) -> tuple[list[tuple[list[str], Any]], dict[str, list[int]]]:
+    """``[(paths, filesystem)]`` of ``plan.todo``, one ``read_binary_files`` call each, since Ray Data reads one
+    file system a call: local paths, and each URL scheme (``filesystem`` None where Ray resolves the paths itself:
+    local, pyarrow's schemes, http; else fsspec's for the scheme, in a pyarrow ``PyFileSystem``); and
+    ``{name as Ray gives it back: indices in the plan}``: a file named twice (a path and its ``file://`` URL) is
+    read once and written under each of its output names, as a plain run does."""
     from .remote import filesystem, is_url, scheme
 
     groups: dict[str, tuple[list[str], Any]] = {}
     where: dict[str, list[int]] = {}
     for i in plan.todo:
         name = plan.files[i]
-        kind = scheme(name) if is_url(name) and scheme(name) not in _PYARROW_SCHEMES else ""
-        if kind and kind not in groups:
-            from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-            groups[kind] = ([], PyFileSystem(FSSpecHandler(filesystem(name)[0])))
-        path = filesystem(name)[1] if kind else _ray_path(name)
+        kind = scheme(name) if is_url(name) else ""
+        fsspec_only = kind and kind not in _PYARROW_SCHEMES
+        path = filesystem(name)[1] if fsspec_only else _ray_path(name)
         if _ray_key(path) in where:
             where[_ray_key(path)].append(i)
             continue
-        groups.setdefault(kind, ([], None))[0].append(path)
+        if kind not in groups:
+            fs = None
+            if fsspec_only:
+                from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+                fs = PyFileSystem(FSSpecHandler(filesystem(name)[0]))
+            groups[kind] = ([], fs)
+        groups[kind][0].append(path)
         where[_ray_key(path)] = [i]
     return list(groups.values()), where
 
@@ -236,17 +241,17 @@ def predict_on_ray(ck: Checkpoint, cfg: PredictConfig, plan: _Plan, formats: tup
     try:
         if plan.todo:
             gpu = cfg.device.startswith("cuda")
-            ds, (groups, where) = None, _read_groups(plan)
-            for paths, fs in groups:
-                part = ray.data.read_binary_files(paths, include_paths=True, filesystem=fs,
-                                                  ignore_missing_paths=cfg.skip_bad, num_cpus=0,
-                                                  override_num_blocks=min(len(paths), max(200, len(paths) // 20)))
-                ds = part if ds is None else ds.union(part)
-            rows = ds.map_batches(_Actor, fn_constructor_args=(ck, cfg, plan, formats, where), batch_size=1,
-                                  compute=ray.data.ActorPoolStrategy(size=cfg.ray_actors),
-                                  num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0)
             with Progress(len(plan.todo), "predict", "img", enabled=progress) as bar:
                 try:
+                    ds, (groups, where) = None, _read_groups(plan)
+                    for paths, fs in groups:  # reads take no CPU of their own: the actors may hold every one
+                        part = ray.data.read_binary_files(
+                            paths, include_paths=True, filesystem=fs, ignore_missing_paths=cfg.skip_bad, num_cpus=0,
+                            override_num_blocks=min(len(paths), max(200, len(paths) // 20)))
+                        ds = part if ds is None else ds.union(part)
+                    rows = ds.map_batches(_Actor, fn_constructor_args=(ck, cfg, plan, formats, where), batch_size=1,
+                                          compute=ray.data.ActorPoolStrategy(size=cfg.ray_actors),
+                                          num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0)
                     for batch in rows.iter_batches(batch_size=None, prefetch_batches=1):
                         refusals = [x for x in batch["error"].tolist() if x]
                         if refusals:
