@@ -244,10 +244,11 @@ def predict_on_ray(ck: Checkpoint, cfg: PredictConfig, plan: _Plan, formats: tup
             with Progress(len(plan.todo), "predict", "img", enabled=progress) as bar:
                 try:
                     ds, (groups, where) = None, _read_groups(plan)
-                    for paths, fs in groups:  # reads take no CPU of their own: the actors may hold every one
+                    for paths, fs in groups:  # reading is I/O: the read tasks reserve no CPU (the actors may
+                        # hold every one), and at most one runs per actor (else Ray starts a process per block)
                         part = ray.data.read_binary_files(
                             paths, include_paths=True, filesystem=fs, ignore_missing_paths=cfg.skip_bad, num_cpus=0,
-                            override_num_blocks=min(len(paths), max(200, len(paths) // 20)))
+                            concurrency=cfg.ray_actors, override_num_blocks=min(len(paths), max(200, len(paths) // 20)))
                         ds = part if ds is None else ds.union(part)
                     rows = ds.map_batches(_Actor, fn_constructor_args=(ck, cfg, plan, formats, where), batch_size=1,
                                           compute=ray.data.ActorPoolStrategy(size=cfg.ray_actors),
