@@ -282,7 +282,8 @@ class PredictConfig:
     """``fcnseg predict``'s options (``fcnseg.predict.run_predict``)."""
 
     checkpoint: str = shared("checkpoint")
-    inputs: list[str] = opt(help="image files or folders (searched recursively)", default_factory=list,
+    inputs: list[str] = opt(help="image files, folders (searched recursively) or URLs that fsspec reads (https://: "
+                                 "pip install 'fcnseg[remote]'; s3://, gs://, file://...)", default_factory=list,
                             positional=True, required=True)
     out_dir: str = opt("", "output folder (checked before any work)", flag="--out", short="-o", required=True)
     overlay: bool = opt(True, "also write <stem>_overlay.png (--no-overlay: only the label PNGs)")
