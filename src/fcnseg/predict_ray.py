@@ -78,7 +78,7 @@ def _init_ray(address: str, actors: int) -> bool:
 
 
 class _Actor:
-    """One model on a Ray worker: ``batch`` of ``{"i": index in the plan}`` -> counts rows."""
+    """One model on a Ray worker: a batch of rows as Ray Data read them (``path``, ``bytes``) -> counts rows."""
 
     def __init__(self, ck: Checkpoint, cfg: PredictConfig, plan: _Plan, formats: tuple[str, ...],
                  where: dict[str, list[int]]):
