@@ -434,3 +434,48 @@ def test_ray_actor_refusal_is_one_line(tiny_ckpts, small_images, tmp_path):
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 2 and last.startswith("fcnseg predict: error: ") and "broken.png" in last, r.stderr[-2000:]
     assert last.endswith("--skip-bad to skip such images")
+
+
+def test_ray_resume_after_sigkill_finishes_each_output_once(data_root, tmp_path):
+    # The driver of a `--ray local` job is killed (SIGKILL) once actors have finished a few images; Ray's own
+    # processes end with it. `--resume --ray local` must then do only the rest and end as a run never killed.
+    pytest.importorskip("ray.data")
+    folder = tmp_path / "val"
+    folder.mkdir()
+    for p in camvid(data_root, 24):
+        shutil.copy(p, folder / p.name)
+    common = ["--checkpoint", str(CAMVID_CKPT), "--format", "png,rle", "--no-overlay", "--device", "cpu", "--quiet"]
+    clean, out = tmp_path / "clean", tmp_path / "out"
+    assert main(["predict", str(folder), "-o", str(clean), *common, "--workers", "0"]) == 0
+    cmd = [sys.executable, "-m", "fcnseg.cli", "predict", str(folder), "-o", str(out), *common,
+           "--ray", "local", "--ray-actors", "2"]
+    env = {**env1(), "RAY_USAGE_STATS_ENABLED": "0"}
+
+    def done_in_parts() -> int:
+        return sum(r.get("status") == "done" for p in out.glob("manifest.ray-*.jsonl") for r in read_jsonl(p))
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while proc.poll() is None and time.monotonic() < deadline and done_in_parts() < 3:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    killed_at = done_in_parts()
+    if proc.returncode != -signal.SIGKILL or killed_at >= 24:
+        pytest.skip("the Ray job finished before it could be killed")
+    print(f"\nSIGKILL after {killed_at} of 24 inputs done")
+    assert not (out / "predictions.jsonl").exists()  # merged only at the end
+    time.sleep(3)  # Ray's reaper ends the cluster the killed driver started
+
+    r = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    resumed = int(r.stdout.split(" done before")[0].rsplit(" ", 1)[-1])
+    assert resumed >= killed_at, r.stdout  # at least what was done when killed (actors may finish one more)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in clean.iterdir())  # no temp or part files
+    a, b = labels_of(clean), labels_of(out)
+    assert sorted(a) == sorted(b) and len(a) == 24
+    for name in a:
+        np.testing.assert_array_equal(b[name], a[name], err_msg=name)
+    assert (out / "predictions.jsonl").read_bytes() == (clean / "predictions.jsonl").read_bytes()
+    latest = read_manifest(out / "manifest.jsonl")
+    assert set(latest) == {str(p) for p in folder.iterdir()} and {m["status"] for m in latest.values()} == {"done"}
