@@ -5,6 +5,7 @@ Usage:
     python benchmarks/predict_scale.py --repeats 1 --long 2000  # shorter
     python benchmarks/predict_scale.py --quick                  # smoke: 4 images, long job 20, resume 12
     python benchmarks/predict_scale.py --modes plain torchrun --out runs/x.json
+    python benchmarks/predict_scale.py --repeats 0 --long 0 --resume-images 0 --http 3   # inputs by URL alone
 
 Every run is a fresh CLI process started with ``subprocess`` (``.venv/bin/fcnseg``, ``.venv/bin/torchrun``), in a
 session of its own, with a timeout (``--timeout-base`` + ``--timeout-per-image`` x images), ``--quiet`` and
@@ -44,6 +45,10 @@ Measurements:
      per input.
   4. sizes: ``predictions.jsonl`` of the plain ``rle`` run against the label PNGs (no overlays) of the plain
      ``png`` run over the same N images: bytes, bytes on disk (allocated blocks), and the JSON-lines file gzipped.
+  5. inputs by URL (``--http`` runs per mode, default 1; 0 skips): each mode over the N images given as the URL
+     of a folder served over HTTP on 127.0.0.1 (Python's ``http.server`` in a thread of this script; fsspec lists
+     its index page) against the same folder on disk, ``--format png``, alternated; images/s of each and whether
+     the labels are the same. ``--repeats 0 --long 0 --resume-images 0`` runs this alone.
 
 The machine line (date, CPU model from /proc/cpuinfo, torch's CPU capability, torch/ray versions, load average)
 and one Markdown table per measurement are printed at the end and written, with the raw samples, to ``--out``
@@ -57,7 +62,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import gzip
+import http.server
 import json
 import os
 import platform
@@ -259,7 +266,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def mode_command(mode: str, a: argparse.Namespace, inputs: Path, out: Path, fmt: str,
+def mode_command(mode: str, a: argparse.Namespace, inputs: Path | str, out: Path, fmt: str,
                  extra: list[str]) -> tuple[list[str], dict[str, str], str]:
     """``(argv, environment, settings in words)`` of one mode."""
     common = ["--checkpoint", str(a.checkpoint), str(inputs), "-o", str(out), "--format", fmt, "--quiet",
@@ -464,6 +471,51 @@ def measure_memory(a: argparse.Namespace, tmp: Path, sources: list[Path]) -> lis
     return rows
 
 
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+def measure_http(a: argparse.Namespace, tmp: Path, sources: list[Path]) -> list[dict]:
+    """Each mode reading the throughput inputs as a URL (a folder served over HTTP on 127.0.0.1 by Python's own
+    file server, in a thread of this script) against the same folder read from disk: --format png, ``a.http``
+    runs of each, alternated."""
+    inputs = link_inputs(tmp / "http_in" / "val", sources, a.images)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(
+        _QuietHandler, directory=str(tmp / "http_in")))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/val/"
+    rows = []
+    try:
+        for mode in a.modes:
+            runs: dict[str, list[dict]] = {"local": [], "http": []}
+            for rep in range(a.http):
+                for where in ("local", "http") if rep % 2 == 0 else ("http", "local"):
+                    out = tmp / f"http_{mode}_{where}_{rep}"
+                    cmd, env, settings = mode_command(mode, a, inputs if where == "local" else url, out, "png", [])
+                    r = run_cli(cmd, env, out, a.images, a, parts=PARTS[mode])
+                    if r["images"] != a.images:
+                        raise RuntimeError(f"{mode} {where}: {r['images']} images of {a.images}: {r['stdout_tail']}")
+                    runs[where].append(r)
+                    log(f"  {mode:8s} {where:5s} rep {rep}: {r['ips_cli']:.2f} images/s (CLI), "
+                        f"{r['wall_s']:.1f} s wall")
+            same = same_labels(tmp / f"http_{mode}_local_0", tmp / f"http_{mode}_http_0", "png")
+            for rep in range(a.http):
+                for where in ("local", "http"):
+                    rmtree(tmp / f"http_{mode}_{where}_{rep}")
+            med = {w: statistics.median(r["ips_cli"] for r in rs) for w, rs in runs.items()}
+            wall = {w: statistics.median(r["wall_s"] for r in rs) for w, rs in runs.items()}
+            rows.append({"mode": mode, "settings": settings, "images": a.images, "runs": a.http,
+                         "ips_local": med["local"], "ips_http": med["http"], "ratio": med["http"] / med["local"],
+                         "wall_local_s": wall["local"], "wall_http_s": wall["http"], "same_as_local": same})
+    finally:
+        server.shutdown()
+        server.server_close()
+        rmtree(tmp / "http_in")
+    return rows
+
+
 def measure_resume(a: argparse.Namespace, tmp: Path, sources: list[Path]) -> dict:
     k = a.resume_images
     inputs = link_inputs(tmp / "resume_in", sources, k)
@@ -612,6 +664,18 @@ def tables(res: dict[str, Any]) -> str:
                          f"{r['max_pss_mib']:.0f} | {r['max_processes']} |")
         lines += ["", "At 10/50/90%: the first 0.5 s sample with that share of the images done (manifest lines) "
                   "and some still to do; '-' where a short job had no sample there.", ""]
+    if res.get("http"):
+        lines += [f"### Inputs by URL: {res['settings']['images']} CamVid val images over HTTP on 127.0.0.1 against "
+                  f"the same folder on disk (--format png, median of {res['settings']['http']} runs)", "",
+                  "| mode | processes x threads | local images/s (CLI) | over HTTP | HTTP / local | wall local (s) "
+                  "| wall HTTP (s) | same labels as local |",
+                  "|---|---|---:|---:|---:|---:|---:|---|"]
+        for r in res["http"]:
+            lines.append(f"| {r['mode']} | {r['settings']} | {r['ips_local']:.2f} | {r['ips_http']:.2f} | "
+                         f"{r['ratio']:.2f}x | {r['wall_local_s']:.1f} | {r['wall_http_s']:.1f} | "
+                         f"{r['same_as_local']} |")
+        lines += ["", "The server (Python's http.server, in a thread of the benchmark) shares the machine's cores "
+                  "with the command; the URL is the folder's index page, listed by fsspec.", ""]
     if res.get("resume"):
         r = res["resume"]
         lines += [f"### Resume after SIGKILL ({r['settings']})", "",
@@ -651,6 +715,8 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--long", type=int, default=10_000, help="M: images of the memory job per mode (0: skip)")
     ap.add_argument("--resume-images", type=int, default=200, help="K: images of the kill/resume test (0: skip)")
+    ap.add_argument("--http", type=int, default=1,
+                    help="runs per mode reading the N images over HTTP on 127.0.0.1 and from disk (0: skip)")
     ap.add_argument("--plain-workers", type=int, default=2, help="loader workers of plain (the CLI's default: 2)")
     ap.add_argument("--torchrun-workers", type=int, default=0, help="loader workers of each torchrun process")
     ap.add_argument("--overlay", action="store_true", help="also write overlays (default: --no-overlay)")
@@ -662,7 +728,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "predict_scale.json")
     a = ap.parse_args()
     if a.quick:
-        a.images, a.repeats, a.long, a.resume_images, a.warmup = 4, 1, 20, 12, False
+        a.images, a.repeats, a.long, a.resume_images, a.warmup, a.http = 4, 1, 20, 12, False, 1
     for tool in ("fcnseg", "torchrun"):
         if not (BIN / tool).exists():
             sys.exit(f"error: {BIN / tool} not found; fix: create the venv (.venv) with the project installed")
@@ -678,7 +744,7 @@ def main() -> None:
     a.ray_tmp = tempfile.mkdtemp(prefix="psray_", dir="/tmp" if Path("/tmp").is_dir() else None)  # short: sockets
     try:
         kept: dict[str, Path] = {}
-        if a.images > 0:
+        if a.images > 0 and a.repeats > 0:
             log(f"throughput: {a.images} images x {a.repeats} repeats, modes {a.modes}, formats {a.formats}")
             runs, kept = measure_throughput(a, tmp, sources)
             res["throughput"] = summarize_throughput(a, runs, kept)
@@ -687,6 +753,9 @@ def main() -> None:
             for path in kept.values():
                 rmtree(path)
             rmtree(tmp / "inputs")
+        if a.images > 0 and a.http > 0:
+            log(f"inputs by URL: {a.images} images over HTTP on 127.0.0.1 and from disk, {a.http} runs per mode")
+            res["http"] = measure_http(a, tmp, sources)
         if a.long > 0:
             log(f"memory: {a.long} images per mode")
             res["memory"] = measure_memory(a, tmp, sources)
