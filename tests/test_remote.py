@@ -129,6 +129,7 @@ def test_an_unreachable_url_is_one_line_before_any_work(tmp_path, capsys):
 def test_a_missing_back_end_names_what_to_install(monkeypatch):
     registry = sys.modules["fsspec.registry"]._registry  # fsspec's cache of loaded classes (fsspec.registry is a view)
     monkeypatch.setitem(sys.modules, "s3fs", None)  # as if not installed
+    monkeypatch.delitem(registry, "s3", raising=False)
     with pytest.raises(MissingDependency, match=r"s3:// inputs needs s3fs.*pip install s3fs"):
         collect_keyed_inputs(["s3://bucket/tiles/"])
     for name in ("aiohttp", "fsspec.implementations.http"):
