@@ -425,6 +425,18 @@ def test_ray_missing_is_one_line_naming_the_extra(tiny_ckpts, small_images, tmp_
     assert not (tmp_path / "o").exists()  # refused before any work
 
 
+def test_ray_options_are_refused_before_any_work(tiny_ckpts, small_images, tmp_path, capsys):
+    pytest.importorskip("ray.data")
+    base = ["predict", "--checkpoint", str(tiny_ckpts[0]), str(small_images), "-o", str(tmp_path / "o"),
+            "--ray", "local", "--quiet"]
+    for extra, flag in ((["--ray-object-store-mb", "10"], "--ray-object-store-mb to 80 or more"),
+                        (["--ray-actors", "0"], "--ray-actors to 1 or more")):
+        code = main([*base, *extra])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and flag in err, err
+    assert not (tmp_path / "o").exists()
+
+
 def test_ray_actor_refusal_is_one_line(tiny_ckpts, small_images, tmp_path):
     pytest.importorskip("ray.data")
     (small_images / "broken.png").write_bytes(b"not an image")
