@@ -297,8 +297,9 @@ class PredictConfig:
                    "one on this machine, or a cluster's address; empty = this process", metavar="ADDRESS")
     ray_actors: int = opt(2, "Ray actors that each hold the model (one CPU each, or one GPU with device cuda)")
     ray_object_store_mb: int = opt(512, "object store of the cluster that --ray local starts, in MiB: the image "
-                                   "bytes in flight stay within it (larger objects spill to disk), so memory stays "
-                                   "flat over a long job; a cluster joined (auto, an address) keeps its own")
+                                   "bytes in flight stay within it (larger objects spill to disk), which keeps the "
+                                   "actors' memory from growing over a long job; a cluster joined (auto, an "
+                                   "address) keeps its own")
     skip_bad: bool = shared("skip_bad")
     flip: bool = shared("flip")
     window: int = shared("window")
