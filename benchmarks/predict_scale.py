@@ -284,8 +284,10 @@ def mode_command(mode: str, a: argparse.Namespace, inputs: Path | str, out: Path
                 f"2 processes x 1 thread, {a.torchrun_workers} loader workers each")
     if mode == "ray":
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", RAY_TMPDIR=a.ray_tmp)
-        return ([str(BIN / "fcnseg"), "predict", *common, "--ray", "local", "--ray-actors", "2"], env,
-                "driver + 2 actors x 1 thread (Ray local, 127.0.0.1)")
+        store = [] if a.ray_object_store_mb is None else ["--ray-object-store-mb", str(a.ray_object_store_mb)]
+        return ([str(BIN / "fcnseg"), "predict", *common, "--ray", "local", "--ray-actors", "2", *store], env,
+                "driver + 2 actors x 1 thread (Ray local, 127.0.0.1"
+                + ("" if a.ray_object_store_mb is None else f", {a.ray_object_store_mb} MiB object store") + ")")
     raise ValueError(mode)
 
 
@@ -719,6 +721,8 @@ def main() -> None:
                     help="runs per mode reading the N images over HTTP on 127.0.0.1 and from disk (0: skip)")
     ap.add_argument("--plain-workers", type=int, default=2, help="loader workers of plain (the CLI's default: 2)")
     ap.add_argument("--torchrun-workers", type=int, default=0, help="loader workers of each torchrun process")
+    ap.add_argument("--ray-object-store-mb", type=int, default=None,
+                    help="--ray-object-store-mb of the ray mode (default: the CLI's, 512)")
     ap.add_argument("--overlay", action="store_true", help="also write overlays (default: --no-overlay)")
     ap.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed 2-image plain run")
     ap.add_argument("--timeout-base", type=float, default=300.0, help="seconds allowed to every command ...")

@@ -79,9 +79,9 @@ def _init_ray(address: str, actors: int, store_mb: int) -> bool:
     quiet = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
     if address == "local":  # a cluster of this machine alone, bound to the loopback interface
         # A bounded object store: each actor maps the pages of the store that it has read blocks from, so with
-        # Ray's default (30% of memory) its resident memory grows over a long job towards that size (measured:
-        # +810 MiB RSS over 10,000 images on an AVX2 machine); with 512 MiB the tree stayed within 4.0-5.0 GiB
-        # over 10,000 images, no growth after the first thousand (benchmarks/RESULTS.md, issue 21).
+        # Ray's default (30% of memory) its resident memory grows over a long job towards that size (measured
+        # over 10,000 images: +1,028 MiB RSS); with 512 MiB the tree stayed within 4.0-5.0 GiB, no growth after
+        # the first thousand (benchmarks/RESULTS.md, issue 21).
         ray.init(address="local", num_cpus=max(actors, os.cpu_count() or 1), _node_ip_address="127.0.0.1",
                  object_store_memory=store_mb * 2**20, **quiet)
     else:
